@@ -1,0 +1,212 @@
+"""`python -m backend detect | info | selftest | sample | synth-socioseg`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from .errors import Cancelled, SocioSegError
+
+log = logging.getLogger("backend")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    from .engines import DEFAULT_REASONER, DEFAULT_SEGMENTER
+
+    g = p.add_argument_group("engines")
+    g.add_argument("--reasoner", default=DEFAULT_REASONER,
+                   help="mapreader (no weights, default) | qwen[:HF_ID_OR_DIR] (the paper's model)")
+    g.add_argument("--segmenter", default=DEFAULT_SEGMENTER,
+                   help="grabcut (no weights, default) | sam2[:HF_ID_OR_DIR] | sam:MODEL_TYPE:CHECKPOINT")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    g.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per stage")
+    g.add_argument("--sample", action="store_true",
+                   help="sample with the authors' settings (temperature 1.0, top_p 0.8, top_k 100) "
+                        "instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=100)
+
+
+def _generation(args):
+    from .reasoners.qwen import GenerationSettings
+
+    return GenerationSettings(args.max_new_tokens, args.sample, args.temperature, args.top_p, args.top_k)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import geo
+
+    ap = argparse.ArgumentParser(prog="python -m backend",
+                                 description="Find socially defined places (schools, parks, named places) "
+                                             "in a satellite image with a digital map.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("detect", help="detect entities and write polygons")
+    d.add_argument("--satellite", required=True, help="satellite raster (GeoTIFF or anything GDAL reads)")
+    d.add_argument("--map", required=True, help="map raster, or vector map (GeoPackage, GeoJSON, Shapefile)")
+    d.add_argument("--query", required=True, help="what to find: a class (schools), a function "
+                                                  "(educational) or a name (Jinan Zoo)")
+    d.add_argument("--task", choices=["name", "class", "function"], help="task level of the query")
+    d.add_argument("--out", required=True, help="output file: .gpkg (default format), .shp or .geojson")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    d.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"),
+                   help="area to process (default: where both inputs overlap)")
+    d.add_argument("--bbox-crs", help="CRS of --bbox (default: the processing CRS)")
+    d.add_argument("--crs", help="processing and output CRS (default: the satellite's, or its UTM zone)")
+    d.add_argument("--resolution", type=float, default=geo.DEFAULT_RESOLUTION,
+                   help="ground resolution in CRS units per pixel (default 1.0)")
+    d.add_argument("--tile-size", type=int, default=geo.DEFAULT_TILE, help="tile side in pixels (768)")
+    d.add_argument("--overlap", type=int, default=geo.DEFAULT_OVERLAP, help="tile overlap in pixels (128)")
+    d.add_argument("--max-tiles", type=int, default=geo.DEFAULT_MAX_TILES,
+                   help="refuse areas needing more tiles than this (256)")
+    d.add_argument("--preview", help="write a PNG: satellite and map side by side with the outlines")
+    d.add_argument("--dump", help="folder for every tile's model inputs, prompts, answers and masks")
+    d.add_argument("--truth", help="ground-truth vector file (fields name/class); prints the IoU")
+    _add_engine_args(d)
+
+    sub.add_parser("info", help="versions, device and models: paste this into bug reports")
+
+    s = sub.add_parser("selftest", help="tiny models of the real classes, end to end, no downloads")
+    s.add_argument("--dump", help="folder for the per-tile dump of the self-test runs")
+    s.add_argument("--models-dir", help="keep the tiny models here (vlm/, sam2/, sam/)")
+
+    sm = sub.add_parser("sample", help="regenerate the bundled sample town")
+    sm.add_argument("--out", default=None, help="folder (default resources/sample)")
+
+    ss = sub.add_parser("synth-socioseg", help="write synthetic samples in SocioSeg's folder layout")
+    ss.add_argument("--out", required=True)
+    ss.add_argument("--count", type=int, default=8)
+    ss.add_argument("--split", default="train")
+    ss.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def cmd_detect(args) -> int:
+    import numpy as np
+
+    from .detect import detect, load_scene
+    from .engines import build_reasoner, build_segmenter
+    from .geo import parse_crs
+    from .output import driver_for, write_detection
+    from .preview import write_preview
+
+    driver_for(args.out)  # fail on a bad extension before any work
+    if os.path.exists(args.out) and not args.overwrite:
+        raise SocioSegError(f"{args.out} exists; pass --overwrite to replace it or choose another name")
+    t0 = time.perf_counter()
+    scene = load_scene(args.satellite, args.map, crs=parse_crs(args.crs) if args.crs else None,
+                       resolution=args.resolution, bbox=args.bbox,
+                       bbox_crs=parse_crs(args.bbox_crs) if args.bbox_crs else None,
+                       tile_size=args.tile_size, overlap=args.overlap, max_tiles=args.max_tiles)
+    reasoner = build_reasoner(args.reasoner, args.device, _generation(args))
+    segmenter = build_segmenter(args.segmenter, args.device)
+    g = scene.grid
+    print(f"grid: {g.width} x {g.height} px at {g.resolution:g} {g.crs.linear_units or 'units'}/px in "
+          f"{g.crs.to_string()}, {len(scene.tiles)} tile(s); reasoner {reasoner.name}, segmenter "
+          f"{segmenter.name}", file=sys.stderr)
+    bar = None
+    if len(scene.tiles) > 1:
+        from tqdm import tqdm
+        bar = tqdm(total=len(scene.tiles), unit="tile", file=sys.stderr, leave=False)
+
+    def progress(frac, msg):
+        if bar is not None:
+            bar.n = int(round(frac * len(scene.tiles)))
+            bar.set_postfix_str(msg)
+            bar.refresh()
+
+    try:
+        result = detect(scene, args.query, reasoner, segmenter, task=args.task, progress=progress,
+                        dump_dir=args.dump)
+    finally:
+        if bar is not None:
+            bar.close()
+    write_detection(args.out, result, overwrite=args.overwrite)
+    truth = None
+    print(f"found {len(result.entities)} entit{'y' if len(result.entities) == 1 else 'ies'} for "
+          f"{args.query!r} in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {args.out}")
+    for e in result.entities:
+        a = e.attrs
+        label = a["name"] or "(unnamed)"
+        print(f"  - {label}: {a['area_m2']:.0f} m2" + (f"  [{a['note']}]" if a["note"] else ""))
+    if args.truth:
+        from .truth import mask_iou, truth_mask_for
+        truth = truth_mask_for(args.truth, g, args.query, args.task)
+        print(f"IoU against {args.truth}: {mask_iou(result.mask, truth):.3f} "
+              f"(truth {int(truth.sum())} px, detected {int(result.mask.sum())} px)")
+    if args.preview:
+        write_preview(args.preview, scene.satellite, scene.map_image, result.mask,
+                      truth if truth is not None and truth.any() else None)
+        print(f"wrote {args.preview}")
+    if args.dump:
+        print(f"wrote per-tile dump to {args.dump}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .info import diagnostics
+
+    print(diagnostics())
+    return 0
+
+
+def cmd_selftest(args) -> int:
+    from .selftest import run_selftest
+
+    return 0 if run_selftest(models_dir=args.models_dir, dump_dir=args.dump) else 1
+
+
+def cmd_sample(args) -> int:
+    from .resources import SAMPLE_DIR
+    from .sample import write_sample
+
+    out = args.out or SAMPLE_DIR
+    print(write_sample(out), "->", out)
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .sample import write_socioseg
+
+    ids = write_socioseg(args.out, args.count, args.split, args.seed)
+    print(f"wrote {len(ids)} samples to {os.path.join(args.out, args.split)}")
+    return 0
+
+
+COMMANDS = {"detect": cmd_detect, "info": cmd_info, "selftest": cmd_selftest, "sample": cmd_sample,
+            "synth-socioseg": cmd_synth}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except SocioSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: no traceback in the user's face
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}\nRun again with --debug for the traceback "
+              "and include the output of `python -m backend info` in a bug report.", file=sys.stderr)
+        return 1

@@ -1,0 +1,208 @@
+"""Georeferenced images: one processing grid, rasters resampled onto it, and tiles over it.
+
+A `Grid` is the single source of truth for georeferencing: every array the pipeline handles is a window
+of it, and its affine transform maps pixel corners (col, row) to map coordinates in its CRS.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESOLUTION = 1.0      # metres per pixel
+DEFAULT_TILE = 768
+DEFAULT_OVERLAP = 128
+DEFAULT_MAX_TILES = 256
+
+
+@dataclass(frozen=True)
+class Grid:
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def resolution(self) -> float:
+        return abs(self.transform.a)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t = self.transform
+        return (t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
+
+    def window_transform(self, x0: int, y0: int) -> Affine:
+        return self.transform * Affine.translation(x0, y0)
+
+
+@dataclass(frozen=True)
+class Tile:
+    row: int
+    col: int
+    x0: int
+    y0: int
+    width: int
+    height: int
+
+    @property
+    def id(self) -> str:
+        return f"tile_{self.row}_{self.col}"
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y0 + self.height), slice(self.x0, self.x0 + self.width)
+
+
+def utm_crs_for(lon: float, lat: float) -> CRS:
+    """The WGS 84 / UTM zone CRS holding a geographic point."""
+    zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def parse_crs(value) -> CRS:
+    try:
+        return CRS.from_user_input(value)
+    except Exception as exc:  # rasterio raises CRSError; user text can be anything
+        raise InputError(f"unknown CRS {value!r}: give an EPSG code such as EPSG:32650 ({exc})") from None
+
+
+def raster_footprint(path: str) -> tuple[CRS, tuple[float, float, float, float]]:
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise InputError(
+                    f"{path} has no coordinate reference system. Georeference it first "
+                    "(QGIS Georeferencer, or `gdal_edit.py -a_srs EPSG:XXXX -a_ullr ...`).")
+            if src.transform == Affine.identity() and not src.gcps[0]:
+                raise InputError(f"{path} has a CRS but no geotransform; georeference it first.")
+            return src.crs, tuple(src.bounds)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read raster {path}: {exc}") from None
+
+
+def default_crs(crs: CRS, bounds) -> CRS:
+    """The source CRS when it is projected, else the UTM zone of the area's centre."""
+    if crs.is_projected:
+        return crs
+    lon_lat = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
+    return utm_crs_for((lon_lat[0] + lon_lat[2]) / 2, (lon_lat[1] + lon_lat[3]) / 2)
+
+
+def plan_grid(footprints: list[tuple[CRS, tuple]], crs: CRS | None = None,
+              resolution: float = DEFAULT_RESOLUTION, bbox=None, bbox_crs=None) -> Grid:
+    """One north-up grid over the sources' common area (or `bbox`), at `resolution` CRS units/pixel."""
+    if resolution <= 0 or not math.isfinite(resolution):
+        raise InputError(f"resolution must be a positive number of CRS units per pixel, got {resolution}")
+    crs = crs or default_crs(*footprints[0])
+    boxes = [transform_bounds(c, crs, *b, densify_pts=21) for c, b in footprints]
+    minx = max(b[0] for b in boxes)
+    miny = max(b[1] for b in boxes)
+    maxx = min(b[2] for b in boxes)
+    maxy = min(b[3] for b in boxes)
+    if minx >= maxx or miny >= maxy:
+        raise InputError("the satellite and map rasters do not overlap: check that both cover the same "
+                         "place and that their CRSs are set correctly")
+    if bbox is not None:
+        bx = transform_bounds(bbox_crs or crs, crs, *bbox, densify_pts=21)
+        if bx[0] >= bx[2] or bx[1] >= bx[3]:
+            raise InputError(f"bbox {tuple(bbox)} is empty: give minx miny maxx maxy")
+        minx, miny = max(minx, bx[0]), max(miny, bx[1])
+        maxx, maxy = min(maxx, bx[2]), min(maxy, bx[3])
+        if minx >= maxx or miny >= maxy:
+            raise InputError(f"bbox {tuple(bbox)} does not intersect the area both rasters cover")
+    # Snap the origin to whole pixels of the resolution so that repeated runs share one lattice.
+    minx = math.floor(minx / resolution) * resolution
+    maxy = math.ceil(maxy / resolution) * resolution
+    width = max(1, int(math.ceil((maxx - minx) / resolution - 1e-9)))
+    height = max(1, int(math.ceil((maxy - miny) / resolution - 1e-9)))
+    return Grid(crs, Affine(resolution, 0.0, minx, 0.0, -resolution, maxy), width, height)
+
+
+def tile_layout(width: int, height: int, size: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                max_tiles: int = DEFAULT_MAX_TILES) -> list[Tile]:
+    """Overlapping tiles of at most `size` px covering the grid; edge tiles shift inward to stay full."""
+    if size < 32:
+        raise InputError(f"tile size {size} is too small: use at least 32 px")
+    if not 0 <= overlap < size // 2 + 1:
+        raise InputError(f"tile overlap {overlap} must be between 0 and half the tile size ({size // 2})")
+
+    def offsets(n: int) -> list[int]:
+        if n <= size:
+            return [0]
+        step = size - overlap
+        count = math.ceil((n - overlap) / step)
+        return sorted({min(i * step, n - size) for i in range(count)})
+
+    xs, ys = offsets(width), offsets(height)
+    if len(xs) * len(ys) > max_tiles:
+        raise InputError(
+            f"the area needs {len(xs) * len(ys)} tiles of {size} px ({width} x {height} px at this "
+            f"resolution), more than the limit of {max_tiles}. Choose a smaller area, a coarser "
+            "resolution, or raise the limit (--max-tiles).")
+    tw, th = min(size, width), min(size, height)
+    return [Tile(r, c, x, y, tw, th) for r, y in enumerate(ys) for c, x in enumerate(xs)]
+
+
+def _to_uint8(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    if data.dtype == np.uint8:
+        return data
+    values = data[:, valid].astype(np.float64)
+    if values.size == 0:
+        return np.zeros(data.shape, np.uint8)
+    lo, hi = np.percentile(values, 2), np.percentile(values, 98)
+    scale = 255.0 / (hi - lo) if hi > lo else 1.0
+    return np.clip((data.astype(np.float64) - lo) * scale, 0, 255).astype(np.uint8)
+
+
+def read_on_grid(path: str, grid: Grid, resampling: Resampling = Resampling.bilinear
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a raster onto `grid`: (H x W x 3 uint8 RGB, H x W bool valid-pixel mask)."""
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read raster {path}: {exc}") from None
+    with src:
+        interp = src.colorinterp
+        colormap = None
+        if src.count == 1 and interp[0] == ColorInterp.palette:
+            colormap = src.colormap(1)
+            resampling = Resampling.nearest  # palette indices must not be averaged
+        alpha = [i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha]
+        add_alpha = not alpha and src.nodata is None
+        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
+                       height=grid.height, resampling=resampling, add_alpha=add_alpha) as vrt:
+            colour = [i for i in range(1, src.count + 1) if i not in alpha][:3]
+            data = vrt.read(colour)
+            valid = vrt.dataset_mask() > 0
+    if colormap is not None:
+        lut = np.zeros((256, 3), np.uint8)
+        for k, rgba in colormap.items():
+            if 0 <= k < 256:
+                lut[k] = rgba[:3]
+        rgb = lut[data[0]]
+    else:
+        data = _to_uint8(data, valid)
+        if data.shape[0] == 1:
+            data = np.repeat(data, 3, axis=0)
+        elif data.shape[0] == 2:
+            data = np.concatenate([data, data[:1]], axis=0)
+        rgb = np.ascontiguousarray(np.moveaxis(data, 0, -1))
+    rgb[~valid] = 0
+    return rgb, valid
+
+
+def pixel_to_map(transform: Affine, col: float, row: float) -> tuple[float, float]:
+    """Map coordinates of a position given in pixel units (corners at integers, centres at +0.5)."""
+    return transform * (col, row)

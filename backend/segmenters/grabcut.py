@@ -1,0 +1,95 @@
+"""OpenCV GrabCut: a weight-free segmenter driven by the same box and point prompts as SAM.
+
+Each box is cut on a crop around it (so the colour models see local background), points are sure
+foreground, and holes in the result are filled (places are solid areas). Documented fallbacks, each logged: boxes under `min_side` px come back as the filled box
+(GrabCut has too few pixels to model), crops larger than `max_side` are cut at reduced resolution.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from .base import Prompt, Segmentation
+
+log = logging.getLogger(__name__)
+
+
+class GrabCutSegmenter:
+    name = "grabcut"
+
+    def __init__(self, iterations: int = 5, margin: float = 0.25, min_side: int = 8,
+                 max_side: int = 384, point_radius: int = 3):
+        self.iterations = max(1, min(int(iterations), 20))
+        self.margin, self.min_side, self.max_side = margin, min_side, max_side
+        self.point_radius = point_radius
+        self._image: np.ndarray | None = None
+        self.embed_calls = 0
+        self.seconds = 0.0
+
+    def set_image(self, image: np.ndarray) -> None:
+        self._image = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2BGR)
+        self.embed_calls += 1
+
+    def segment(self, prompts: list[Prompt]) -> list[Segmentation]:
+        if self._image is None:
+            raise RuntimeError("set_image must be called before segment")
+        start = time.perf_counter()
+        out = [self._one(p) for p in prompts]
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def _one(self, prompt: Prompt) -> Segmentation:
+        img = self._image
+        h, w = img.shape[:2]
+        x1, y1, x2, y2 = prompt.box
+        bx1, by1 = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+        bx2, by2 = min(w, int(np.ceil(x2)) + 1), min(h, int(np.ceil(y2)) + 1)
+        full = np.zeros((h, w), bool)
+        if bx2 - bx1 < self.min_side or by2 - by1 < self.min_side:
+            log.info("grabcut: box %s is under %d px; using the filled box", prompt.box, self.min_side)
+            full[by1:by2, bx1:bx2] = True
+            return Segmentation(full, None)
+        mx, my = int((bx2 - bx1) * self.margin) + 4, int((by2 - by1) * self.margin) + 4
+        cx1, cy1, cx2, cy2 = max(0, bx1 - mx), max(0, by1 - my), min(w, bx2 + mx), min(h, by2 + my)
+        crop = img[cy1:cy2, cx1:cx2]
+        scale = min(1.0, self.max_side / max(crop.shape[:2]))
+        if scale < 1.0:
+            crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ch, cw = crop.shape[:2]
+
+        def to_crop(x, y):
+            return int(round((x - cx1) * scale)), int(round((y - cy1) * scale))
+
+        mask = np.full((ch, cw), cv2.GC_BGD, np.uint8)
+        (ix1, iy1), (ix2, iy2) = to_crop(bx1, by1), to_crop(bx2, by2)
+        ix2, iy2 = min(cw, max(ix2, ix1 + 2)), min(ch, max(iy2, iy1 + 2))
+        mask[iy1:iy2, ix1:ix2] = cv2.GC_PR_FGD
+        if not (mask == cv2.GC_BGD).any():
+            # The box fills the crop (it touches the image border on every side): let a thin frame
+            # inside it stand as probable background so GrabCut can learn a background model.
+            ring = max(2, min(ch, cw) // 20)
+            mask[:ring, :] = mask[-ring:, :] = cv2.GC_PR_BGD
+            mask[:, :ring] = mask[:, -ring:] = cv2.GC_PR_BGD
+        for x, y in prompt.points:
+            px, py = to_crop(x, y)
+            cv2.circle(mask, (px, py), self.point_radius, int(cv2.GC_FGD), -1)
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        try:
+            cv2.grabCut(crop, mask, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+        except cv2.error as exc:
+            log.warning("grabcut failed on box %s (%s); using the filled box", prompt.box, exc)
+            full[by1:by2, bx1:bx2] = True
+            return Segmentation(full, None)
+        # Places are solid areas: trees and shadows inside a school yard belong to the school.
+        fg = ndimage.binary_fill_holes((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+        if scale < 1.0:
+            fg = cv2.resize(fg, (cx2 - cx1, cy2 - cy1), interpolation=cv2.INTER_NEAREST)
+        full[cy1:cy2, cx1:cx2] = fg.astype(bool)
+        inside = np.zeros_like(full)
+        inside[by1:by2, bx1:bx2] = True
+        full &= inside
+        return Segmentation(full, None)  # GrabCut has no confidence of its own

@@ -1,0 +1,31 @@
+"""Scoring a detection against a ground-truth vector file (name / class / function fields)."""
+from __future__ import annotations
+
+import numpy as np
+from rasterio.features import rasterize
+
+from .query import name_score, normalise, resolve_query
+from .vectormap import VectorMap
+
+
+def truth_mask_for(path: str, grid, query: str, task: str | None) -> np.ndarray:
+    spec = resolve_query(query, task)
+    vmap = VectorMap.read(path, grid.crs)
+    wanted = {normalise(c) for c in spec.classes}
+    geoms = []
+    for f in vmap.features:
+        if spec.kind == "name":
+            ok = name_score(query, f.name) >= 0.8
+        else:
+            ok = normalise(str(f.props.get("class", ""))) in wanted
+        if ok:
+            geoms.append(f.geometry)
+    if not geoms:
+        return np.zeros((grid.height, grid.width), bool)
+    return rasterize([(g, 1) for g in geoms], out_shape=(grid.height, grid.width),
+                     transform=grid.transform, dtype=np.uint8).astype(bool)
+
+
+def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    union = np.logical_or(pred, truth).sum()
+    return float(np.logical_and(pred, truth).sum() / union) if union else 1.0
