@@ -15,7 +15,7 @@ log = logging.getLogger("backend")
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "PIL"):
+    for noisy in ("httpx", "urllib3", "filelock", "PIL", "pyogrio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
