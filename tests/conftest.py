@@ -1,0 +1,28 @@
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from backend.resources import SAMPLE_DIR  # noqa: E402
+
+
+
+
+@pytest.fixture(scope="session")
+def sample_dir():
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny Qwen2.5-VL (fitted to answer on the sample tile), SAM 2 and SAM, saved like real ones."""
+    from backend.selftest import fitting_examples, sample_scene
+    from backend.tiny import save_models
+
+    scene = sample_scene()
+    specs = save_models(str(tmp_path_factory.mktemp("models")), fitting_examples(scene))
+    specs["scene"] = scene
+    return specs
