@@ -1,0 +1,102 @@
+"""The weight-free default on the sample town: vector and raster maps, names, classes, functions."""
+import os
+
+import pytest
+
+from backend.detect import detect, load_scene
+from backend.errors import InputError
+from backend.query import resolve_query
+from backend.reasoners.mapreader import MapReader, interior_points
+from backend.segmenters.grabcut import GrabCutSegmenter
+from backend.truth import mask_iou, truth_mask_for
+
+
+@pytest.fixture(scope="module")
+def vector_scene(sample_dir):
+    return load_scene(os.path.join(sample_dir, "satellite.tif"), os.path.join(sample_dir, "map.gpkg"))
+
+
+@pytest.fixture(scope="module")
+def raster_scene(sample_dir):
+    return load_scene(os.path.join(sample_dir, "satellite.tif"), os.path.join(sample_dir, "map.tif"))
+
+
+@pytest.mark.parametrize("query,kind,classes", [
+    ("schools", "class", ["school"]), ("Find parks", "class", ["park"]), ("school", "class", ["school"]),
+    ("educational", "function", ["school", "university", "kindergarten"]),
+    ("Parking lots", "class", ["parking lot"]), ("Jinan Zoo", "name", []),
+    ("medical", "function", ["hospital", "clinic"]),
+])
+def test_query_interpretation(query, kind, classes):
+    spec = resolve_query(query)
+    assert spec.kind == kind and spec.classes == classes
+
+
+def test_unknown_class_suggests_and_names_the_alternative():
+    with pytest.raises(InputError, match=r"(?s)schol.*Did you mean: school.*--reasoner qwen"):
+        resolve_query("schol", "class")
+
+
+@pytest.mark.parametrize("query", ["schools", "parks"])
+def test_vector_default_finds_the_sample_with_high_iou(vector_scene, sample_dir, query):
+    det = detect(vector_scene, query, MapReader(), GrabCutSegmenter())
+    truth = truth_mask_for(os.path.join(sample_dir, "truth.gpkg"), vector_scene.grid, query, None)
+    assert mask_iou(det.mask, truth) > 0.9
+    assert all(e.attrs["name"] for e in det.entities)
+
+
+def test_point_only_school_takes_its_street_block(vector_scene, sample_dir):
+    from backend.vectormap import VectorMap
+    t = VectorMap.read(os.path.join(sample_dir, "truth.gpkg"), vector_scene.grid.crs)
+    point_school = next(f for f in t.features if f.props["mapped_as"] == "point")
+    det = detect(vector_scene, point_school.props["name"], MapReader(), GrabCutSegmenter(), task="name")
+    assert len(det.entities) == 1
+    g = det.entities[0].geometry
+    assert g.intersection(point_school.geometry).area / g.union(point_school.geometry).area > 0.85
+
+
+def test_name_query_ranks_partial_matches(vector_scene):
+    reader = MapReader()
+    spec = reader.spec("Spring", "name")
+    names = {label for _, label, _ in reader._candidates(spec, vector_scene.map_features)}
+    assert names == {"Spring Park"}
+
+
+def test_function_query_finds_schools_and_the_kindergarten(vector_scene):
+    det = detect(vector_scene, "educational", MapReader(), GrabCutSegmenter(), task="function")
+    names = " ".join(e.attrs["name"] for e in det.entities)
+    assert "Kindergarten" in names and "School" in names and len(det.entities) == 4
+
+
+def test_raster_legend_ambiguity_is_said_not_hidden(raster_scene):
+    det = detect(raster_scene, "schools", MapReader(), GrabCutSegmenter())
+    assert det.entities
+    assert all("cannot tell school from" in e.attrs["note"] and "hospital" in e.attrs["note"]
+               for e in det.entities)
+
+
+def test_raster_park_colour_is_unambiguous(raster_scene, sample_dir):
+    det = detect(raster_scene, "parks", MapReader(), GrabCutSegmenter())
+    truth = truth_mask_for(os.path.join(sample_dir, "truth.gpkg"), raster_scene.grid, "parks", None)
+    assert mask_iou(det.mask, truth) > 0.9 and not any(e.attrs["note"] for e in det.entities)
+
+
+def test_name_on_a_raster_map_is_refused_with_the_way_out(raster_scene):
+    with pytest.raises(InputError, match=r"(?s)vector map.*--reasoner qwen"):
+        detect(raster_scene, "Lotus Park", MapReader(), GrabCutSegmenter(), task="name")
+
+
+def test_class_outside_the_legend_is_refused(raster_scene):
+    with pytest.raises(InputError, match="no colour for zoo"):
+        detect(raster_scene, "zoo", MapReader(), GrabCutSegmenter())
+
+
+def test_interior_points_are_deep_inside_and_apart():
+    import numpy as np
+    m = np.zeros((100, 200), bool)
+    m[20:80, 10:190] = True
+    pts = interior_points(m, 2)
+    assert len(pts) == 2
+    for x, y in pts:
+        assert 30 <= y <= 70 and m[int(y), int(x)]
+    assert abs(pts[0][0] - pts[1][0]) > 40

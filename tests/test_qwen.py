@@ -1,0 +1,67 @@
+"""The Qwen2.5-VL reasoner on its real code path, with the tiny fitted model."""
+import numpy as np
+import pytest
+import torch
+
+from backend.engines import build_reasoner, parse_reasoner
+from backend.errors import ModelNotFoundError
+from backend.prompts import stage1_prompt
+from backend.reasoners.qwen import DEFAULT_VLM, GenerationSettings, QwenChat
+
+
+def test_default_reasoner_spec_names_the_released_model():
+    assert parse_reasoner("qwen").args == (DEFAULT_VLM,) and DEFAULT_VLM == "vvangfaye/SocioReasoner-3B"
+
+
+def test_chat_is_one_user_turn_map_then_satellite_then_text(tiny_models):
+    r = build_reasoner(tiny_models["reasoner"], "cpu")
+    text = r.chat_text(stage1_prompt("school"))
+    assert text.count("<|im_start|>user") == 1 and text.endswith("<|im_start|>assistant\n")
+    assert "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>" + \
+        stage1_prompt("school") + "<|im_end|>" in text
+    # the map must be the first image: its pixels come first in pixel_values
+    m = np.zeros((756, 756, 3), np.uint8)
+    s = np.full((756, 756, 3), 255, np.uint8)
+    enc = r.encode([(m, s, "x")])
+    half = enc["pixel_values"].shape[0] // 2
+    assert enc["pixel_values"][:half].mean() < enc["pixel_values"][half:].mean()
+    assert enc["image_grid_thw"].tolist() == [[1, 54, 54], [1, 54, 54]]
+
+
+def test_processor_resize_mismatch_is_caught(tiny_models):
+    r = build_reasoner(tiny_models["reasoner"], "cpu")
+    img = np.zeros((710, 710, 3), np.uint8)           # not a multiple of 28: the processor would resize
+    with pytest.raises(RuntimeError, match="coordinates"):
+        r.encode([(img, img, "x")])
+
+
+def test_float32_on_cpu_and_greedy_is_deterministic(tiny_models):
+    r = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(max_new_tokens=40))
+    assert r.model.dtype == torch.float32 and r.device == "cpu"
+    m = np.full((756, 756, 3), 90, np.uint8)
+    a = r.generate(m, m, stage1_prompt("school"))
+    b = r.generate(m, m, stage1_prompt("school"))
+    assert a == b
+
+
+def test_authors_sampling_settings():
+    k = GenerationSettings(do_sample=True).kwargs()
+    assert (k["temperature"], k["top_p"], k["top_k"]) == (1.0, 0.8, 100)
+    assert GenerationSettings().kwargs()["do_sample"] is False
+
+
+def test_fitted_tiny_model_answers_in_the_released_format(tiny_models):
+    from backend.prompts import parse_answer
+    scene = tiny_models["scene"]
+    from backend.selftest import fitting_examples
+    m, s, prompt, target = fitting_examples(scene)[0]
+    r = build_reasoner(tiny_models["reasoner"], "cpu")
+    out = r.generate(m, s, prompt)
+    assert out == target and parse_answer(out, 756, 756).ok
+
+
+def test_missing_model_says_how_to_get_it(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        build_reasoner(f"qwen:{tmp_path}/missing")
+    with pytest.raises(ModelNotFoundError, match="huggingface-cli download vvangfaye/SocioReasoner-3B"):
+        build_reasoner("qwen")
