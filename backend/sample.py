@@ -86,8 +86,9 @@ def write_sample(out: str) -> dict:
     return {"entities": len(town.entities), "features": len(town.features)}
 
 
-def _pick_query(town: Town, rng) -> tuple[str, str, list]:
-    level = str(rng.choice(["name", "class", "function"]))
+def pick_query(town: Town, rng, level: str | None = None) -> tuple[str, str, list]:
+    """A query about the town at a task level (random if None) and the entities that answer it."""
+    level = level or str(rng.choice(["name", "class", "function"]))
     ents = [e for e in town.entities if not (level == "function" and e.function is None)]
     target = ents[int(rng.integers(len(ents)))]
     if level == "name":
@@ -97,16 +98,21 @@ def _pick_query(town: Town, rng) -> tuple[str, str, list]:
     return target.function, level, [e for e in town.entities if e.function == target.function]
 
 
+def synthetic_case(s: int, size: int = 768, level: str | None = None):
+    """(town, query, level, target entities) of synthetic sample number `s`."""
+    rng = np.random.default_rng(s)
+    uses = list(rng.choice(["school", "park", "hospital", "mall", "pitch", "cemetery", "kindergarten"],
+                           size=2, replace=False))
+    town = make_town(s, float(size), float(size), required=uses, block=float(rng.uniform(300, 400)))
+    return (town, *pick_query(town, rng, level))
+
+
 def write_socioseg(out: str, count: int, split: str = "train", seed: int = 0, size: int = 768) -> list[str]:
     """`count` samples in SocioSeg's raw layout: <split>/<id>/map.png sat.png mask.png question.json."""
     ids = []
     for k in range(count):
         s = seed * 100_003 + k
-        rng = np.random.default_rng(s)
-        uses = list(rng.choice([u for u in ("school", "park", "hospital", "mall", "pitch", "cemetery",
-                                            "kindergarten")], size=2, replace=False))
-        town = make_town(s, float(size), float(size), required=uses, block=float(rng.uniform(300, 400)))
-        query, level, targets = _pick_query(town, rng)
+        town, query, level, targets = synthetic_case(s, size)
         sid = f"{split}_{seed}_{k:05d}"
         d = os.path.join(out, split, sid)
         os.makedirs(d, exist_ok=True)
