@@ -94,11 +94,15 @@ def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = Non
         if not scene.valid[rows, cols].any():
             log.info("%s has no valid pixels; skipped", tile.id)
             continue
-        if progress:
-            progress(k / n, f"{tile.id} ({k + 1}/{n})")
+        stages = iter(range(4))
+
+        def on_stage(name, k=k, tile=tile):
+            if progress:
+                progress((k + next(stages, 3) / 4) / n, f"{tile.id} ({k + 1}/{n}): {name}")
+
         result = run_tile(tile, scene.satellite[rows, cols], scene.map_image[rows, cols],
                           grid.window_transform(tile.x0, tile.y0), grid.crs, query, task, reasoner,
-                          segmenter, scene.map_features, cancel)
+                          segmenter, scene.map_features, cancel, on_stage)
         if dump_dir:
             dump_tile(result, grid, dump_dir)
         m = result.mask_on_tile() & scene.valid[rows, cols]

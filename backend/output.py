@@ -70,7 +70,8 @@ def write_entities(path: str, geometries: list, attrs: list[dict], crs: CRS, ove
             columns.append(col)
         wkb = np.array([shapely.to_wkb(shapely.geometry.MultiPolygon([g]) if g.geom_type == "Polygon" else g)
                         for g in geometries], dtype=object)
-        kwargs = {"layer": layer} if driver == "GPKG" else {}
+        # GeoPackage 1.2 opens without warnings in older GDALs (QGIS 3.22 LTR ships GDAL 3.6).
+        kwargs = {"layer": layer, "dataset_options": {"VERSION": "1.2"}} if driver == "GPKG" else {}
         pyogrio.raw.write(tmp_path, wkb, columns, names, driver=driver, crs=crs.to_wkt(),
                           geometry_type="MultiPolygon", encoding="UTF-8" if driver == "ESRI Shapefile" else None,
                           **kwargs)

@@ -72,8 +72,10 @@ def _check(cancel: CancelCheck | None):
 
 def run_tile(tile: Tile, sat: np.ndarray, map_rgb: np.ndarray, tile_transform: Affine, crs,
              query: str, task: str | None, reasoner: Reasoner, segmenter: Segmenter,
-             map_features=None, cancel: CancelCheck | None = None) -> TileResult:
+             map_features=None, cancel: CancelCheck | None = None,
+             on_stage: Callable[[str], None] | None = None) -> TileResult:
     th, tw = sat.shape[:2]
+    stage = on_stage or (lambda name: None)
     mh, mw = reasoner.input_size(th, tw)
     model_transform = tile_transform * Affine.scale(tw / mw, th / mh)
     sat_m, map_m = resize_rgb(sat, mh, mw), resize_rgb(map_rgb, mh, mw)
@@ -82,6 +84,7 @@ def run_tile(tile: Tile, sat: np.ndarray, map_rgb: np.ndarray, tile_transform: A
     notes: list[str] = []
     empty = np.zeros((mh, mw), bool)
 
+    stage("stage 1: reasoning")
     t = time.perf_counter()
     p1 = stage1_prompt(query)
     r1 = reasoner.stage1(view, p1)
@@ -96,6 +99,7 @@ def run_tile(tile: Tile, sat: np.ndarray, map_rgb: np.ndarray, tile_transform: A
                           empty, empty, [], images, False, notes, seconds)
     _check(cancel)
 
+    stage("stage 1: segmenting")
     t = time.perf_counter()
     segmenter.set_image(sat_m)          # the one embedding of this tile, reused by stage 2
     seconds["embedding"] = time.perf_counter() - t
@@ -108,6 +112,7 @@ def run_tile(tile: Tile, sat: np.ndarray, map_rgb: np.ndarray, tile_transform: A
     images.update({"map_rendered.png": map_r, "satellite_rendered.png": sat_r})
     _check(cancel)
 
+    stage("stage 2: reasoning")
     t = time.perf_counter()
     p2 = stage2_prompt(query, a1.raw)
     r2 = reasoner.stage2(view, p2, map_r, sat_r, a1)
@@ -124,6 +129,7 @@ def run_tile(tile: Tile, sat: np.ndarray, map_rgb: np.ndarray, tile_transform: A
                           coarse, coarse, [s.score for s in segs1 if s.score is not None], images,
                           False, notes, seconds, [(s.mask, lab) for s, lab in zip(segs1, labels)])
     _check(cancel)
+    stage("stage 2: segmenting")
     t = time.perf_counter()
     segs2 = segmenter.segment([Prompt(it.box, it.points) for it in a2.items])
     final = union(segs2, (mh, mw))

@@ -59,7 +59,8 @@ def write_vector(path: str, layers: dict[str, list], crs: CRS) -> None:
         geoms = np.array([shapely.to_wkb(f[0]) for f in feats], dtype=object)
         gtype = {"Polygon": "Polygon", "LineString": "LineString", "Point": "Point"}[feats[0][0].geom_type]
         pyogrio.raw.write(path, geoms, fields, keys, layer=name, driver="GPKG", crs=crs.to_wkt(),
-                          geometry_type=gtype, append=os.path.exists(path))
+                          geometry_type=gtype, append=os.path.exists(path),
+                          **({} if os.path.exists(path) else {"dataset_options": {"VERSION": "1.2"}}))
 
 
 def write_sample(out: str) -> dict:

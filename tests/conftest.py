@@ -26,3 +26,17 @@ def tiny_models(tmp_path_factory):
     specs = save_models(str(tmp_path_factory.mktemp("models")), fitting_examples(scene))
     specs["scene"] = scene
     return specs
+
+
+@pytest.fixture(scope="session")
+def plugin_pkg(tmp_path_factory):
+    """The repository imported as the installed plugin package `socioseg` (as QGIS imports it)."""
+    import importlib
+    import sys
+
+    from helpers import ROOT
+
+    parent = tmp_path_factory.mktemp("plugins")
+    os.symlink(ROOT, parent / "socioseg")
+    sys.path.insert(0, str(parent))
+    return importlib.import_module("socioseg")

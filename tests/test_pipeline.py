@@ -99,4 +99,5 @@ def test_cancel_stops_a_multi_tile_run(sample_dir):
     with pytest.raises(Cancelled):
         detect(scene, "parks", MapReader(), FillBoxSegmenter(), progress=progress,
                cancel=lambda: len(seen) >= 2)
-    assert len(seen) == 2
+    assert len(seen) == 2 and "stage 1" in seen[0]
+    assert not any(f"({len(scene.tiles)}/{len(scene.tiles)})" in m for m in seen)   # stopped early

@@ -1,0 +1,51 @@
+"""Plugin settings in QgsSettings, and the engine specs they stand for."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from qgis.core import QgsSettings
+
+PREFIX = "socioseg/"
+ENGINE_DEFAULT = "default"
+ENGINE_VLM = "vlm"
+
+
+@dataclass
+class PluginSettings:
+    vlm_model: str = "vvangfaye/SocioReasoner-3B"
+    segmenter: str = "sam2:facebook/sam2-hiera-large"
+    device: str = "auto"
+    max_new_tokens: int = 2048
+    resolution: float = 1.0
+    tile_size: int = 768
+    overlap: int = 128
+    max_tiles: int = 256
+    replace_previous: bool = True
+
+    @classmethod
+    def load(cls) -> "PluginSettings":
+        s = QgsSettings()
+        out = cls()
+        for f in fields(cls):
+            default = getattr(out, f.name)
+            value = s.value(PREFIX + f.name, default)
+            try:
+                if isinstance(default, bool):
+                    value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                else:
+                    value = type(default)(value)
+            except (TypeError, ValueError):
+                value = default
+            setattr(out, f.name, value)
+        return out
+
+    def save(self) -> None:
+        s = QgsSettings()
+        for f in fields(self):
+            s.setValue(PREFIX + f.name, getattr(self, f.name))
+
+    def engine_specs(self, engine: str) -> tuple[str, str]:
+        """(reasoner spec, segmenter spec) for the panel's engine choice."""
+        if engine == ENGINE_VLM:
+            return f"qwen:{self.vlm_model}", self.segmenter
+        return "mapreader", "grabcut"
