@@ -1,0 +1,126 @@
+"""`python -m training.evaluate`: gIoU, cIoU and F1 per task level on a SocioSeg split.
+
+Either runs a model (any backend reasoner + segmenter, the weight-free default included) and saves
+per-sample masks and responses, or scores a folder of saved masks (`--predictions DIR` with <id>.png).
+Metric definitions: backend/metrics.py and the README.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+from affine import Affine
+from PIL import Image
+
+from backend.errors import SocioSegError
+from backend.metrics import Scoreboard, format_table
+
+from .data import SocioSegData
+
+log = logging.getLogger("training.evaluate")
+
+
+def predict(sample, reasoner, segmenter):
+    """(mask at the sample's size, stage-1 response, stage-2 response, note) for one sample."""
+    from rasterio.crs import CRS
+
+    from backend.geo import Tile
+    from backend.pipeline import run_tile
+
+    h, w = sample.sat_image.shape[:2]
+    try:
+        if hasattr(reasoner, "prepare"):
+            reasoner.prepare(sample.query, sample.level, None)
+        r = run_tile(Tile(0, 0, 0, 0, w, h), sample.sat_image, sample.map_image, Affine.identity(),
+                     CRS.from_epsg(3857), sample.query, sample.level, reasoner, segmenter)
+    except SocioSegError as exc:
+        return np.zeros((h, w), bool), None, None, str(exc)
+    return r.mask_on_tile(), r.responses[0], r.responses[1], "; ".join(r.notes)
+
+
+def evaluate(data: SocioSegData, reasoner=None, segmenter=None, predictions: str | None = None,
+             save: str | None = None, progress=None) -> dict:
+    board = Scoreboard()
+    missing, notes = [], {}
+    for i in range(len(data)):
+        s = data.get(i)
+        if s is None:
+            continue
+        t = time.perf_counter()
+        if predictions:
+            path = os.path.join(predictions, f"{s.id}.png")
+            if os.path.exists(path):
+                pred = np.asarray(Image.open(path).convert("L")) > 127
+                if pred.shape != s.mask.shape:
+                    pred = np.asarray(Image.fromarray(pred.astype(np.uint8) * 255).resize(
+                        (s.mask.shape[1], s.mask.shape[0]), Image.NEAREST)) > 127
+            else:
+                missing.append(s.id)
+                pred = np.zeros_like(s.mask)
+        else:
+            pred, r1, r2, note = predict(s, reasoner, segmenter)
+            if note:
+                notes[s.id] = note
+            if save:
+                os.makedirs(save, exist_ok=True)
+                Image.fromarray(pred.astype(np.uint8) * 255).save(os.path.join(save, f"{s.id}.png"))
+                with open(os.path.join(save, f"{s.id}.json"), "w", encoding="utf-8") as f:
+                    json.dump({"query": s.query, "level": s.level, "stage1": r1, "stage2": r2, "note": note}, f)
+        board.add(pred, s.mask, s.level, time.perf_counter() - t)
+        if progress:
+            progress(i + 1, len(data))
+    if missing:
+        log.warning("%d samples have no prediction file and count as empty", len(missing))
+    return {"metrics": board.summary(), "skipped": data.skipped, "missing_predictions": missing,
+            "notes": notes}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__)
+    ap.add_argument("--data", required=True, help="SocioSeg folder (raw layout), parquet file or hub id")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--out", required=True, help="JSON file for the metrics")
+    ap.add_argument("--predictions", help="score saved masks <id>.png instead of running a model")
+    ap.add_argument("--save", help="folder for per-sample masks and responses when running a model")
+    ap.add_argument("--reasoner", default="mapreader")
+    ap.add_argument("--segmenter", default="grabcut")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--max-new-tokens", type=int, default=2048)
+    ap.add_argument("--limit", type=int, help="only the first N samples")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        data = SocioSegData(args.data, args.split, args.limit)
+        reasoner = segmenter = None
+        if not args.predictions:
+            from backend.engines import build_reasoner, build_segmenter
+            from backend.reasoners.qwen import GenerationSettings
+            reasoner = build_reasoner(args.reasoner, args.device, GenerationSettings(args.max_new_tokens))
+            segmenter = build_segmenter(args.segmenter, args.device)
+        from tqdm import tqdm
+        bar = tqdm(total=len(data), unit="sample", file=sys.stderr, leave=False)
+        result = evaluate(data, reasoner, segmenter, args.predictions, args.save,
+                          lambda k, n: bar.update(1))
+        bar.close()
+    except (SocioSegError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result.update({"data": args.data, "split": args.split,
+                   "engine": "predictions" if args.predictions else f"{reasoner.name} + {segmenter.name}"})
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    print(format_table(result["metrics"]))
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} corrupt or incomplete samples (listed in {args.out})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
