@@ -70,6 +70,18 @@ def _check(cancel: CancelCheck | None):
         raise Cancelled("cancelled by the user")
 
 
+def stage2_inputs(query: str, map_m: np.ndarray, sat_m: np.ndarray, stage1: ParsedAnswer,
+                  segmenter: Segmenter):
+    """Stage 1's boxes through the segmenter (image already set), rendered onto both images, and the
+    stage-2 text: (segmentations, coarse mask, rendered map, rendered satellite, stage-2 prompt).
+    Shared by inference and training so that both build exactly the same stage-2 conversation."""
+    boxes = [it.box for it in stage1.items]
+    segs = segmenter.segment([Prompt(b) for b in boxes]) if boxes else []
+    coarse = union(segs, map_m.shape[:2])
+    return (segs, coarse, render_overlay(map_m, boxes, coarse), render_overlay(sat_m, boxes, coarse),
+            stage2_prompt(query, stage1.raw if stage1.raw is not None else ""))
+
+
 def run_tile(tile: Tile, sat: np.ndarray, map_rgb: np.ndarray, tile_transform: Affine, crs,
              query: str, task: str | None, reasoner: Reasoner, segmenter: Segmenter,
              map_features=None, cancel: CancelCheck | None = None,
@@ -104,17 +116,13 @@ def run_tile(tile: Tile, sat: np.ndarray, map_rgb: np.ndarray, tile_transform: A
     segmenter.set_image(sat_m)          # the one embedding of this tile, reused by stage 2
     seconds["embedding"] = time.perf_counter() - t
     t = time.perf_counter()
-    boxes = [it.box for it in a1.items]
-    segs1 = segmenter.segment([Prompt(b) for b in boxes])
-    coarse = union(segs1, (mh, mw))
+    segs1, coarse, map_r, sat_r, p2 = stage2_inputs(query, map_m, sat_m, a1, segmenter)
     seconds["stage1_segmenter"] = time.perf_counter() - t
-    map_r, sat_r = render_overlay(map_m, boxes, coarse), render_overlay(sat_m, boxes, coarse)
     images.update({"map_rendered.png": map_r, "satellite_rendered.png": sat_r})
     _check(cancel)
 
     stage("stage 2: reasoning")
     t = time.perf_counter()
-    p2 = stage2_prompt(query, a1.raw)
     r2 = reasoner.stage2(view, p2, map_r, sat_r, a1)
     notes += r2.notes
     a2 = parse_answer(r2.text, mw, mh)

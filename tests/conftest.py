@@ -40,3 +40,26 @@ def plugin_pkg(tmp_path_factory):
     os.symlink(ROOT, parent / "socioseg")
     sys.path.insert(0, str(parent))
     return importlib.import_module("socioseg")
+
+
+@pytest.fixture(scope="session")
+def town_socioseg(tiny_models, tmp_path_factory):
+    """The self-test's sample tile written as a one-sample SocioSeg split (raw layout), query 'school'."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from backend.truth import truth_mask_for
+
+    scene = tiny_models["scene"]
+    root = tmp_path_factory.mktemp("socioseg_town")
+    for split in ("train", "val"):
+        d = root / split / "town_0"
+        d.mkdir(parents=True)
+        Image.fromarray(scene.map_image).save(d / "map.png")
+        Image.fromarray(scene.satellite).save(d / "sat.png")
+        mask = truth_mask_for(os.path.join(SAMPLE_DIR, "truth.gpkg"), scene.grid, "school", None)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(d / "mask.png")
+        (d / "question.json").write_text(json.dumps({"problem": "school", "task": "class"}))
+    return str(root)

@@ -94,6 +94,18 @@ class QwenReasoner(QwenChat):
         self.generation = generation or GenerationSettings()
         self.name = f"qwen:{model}"
 
+    @classmethod
+    def from_loaded(cls, model, processor, generation: GenerationSettings | None = None,
+                    min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, name: str = "qwen:in-memory"):
+        """A reasoner around a model already in memory (e.g. the policy during training)."""
+        self = cls.__new__(cls)
+        QwenChat.__init__(self, processor, min_pixels, max_pixels)
+        self.model, self.device = model, str(next(model.parameters()).device)
+        self.dtype = next(model.parameters()).dtype
+        self.generation = generation or GenerationSettings()
+        self.name = name
+        return self
+
     def generate(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> str:
         import torch
 
