@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 
 import numpy as np
 import shapely
-from rasterio.features import shapes
 from scipy import ndimage
 
 from . import geo
 from .errors import InputError
 from .maprender import render_map
 from .output import geodesic_area_m2
+from .raster import polygons
 from .pipeline import CancelCheck, Progress, TileResult, _check, dump_tile, run_tile
 from .vectormap import VectorMap, is_vector_path
 
@@ -118,7 +118,7 @@ def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = Non
 def vectorise(mosaic: np.ndarray, grid: geo.Grid, per_tile, query: str, task: str | None,
               reasoner_name: str, segmenter_name: str) -> list[Entity]:
     """One polygon per 4-connected region of the merged mask (holes kept), simplified by <= 0.5 px."""
-    labels, count = ndimage.label(mosaic)   # default structure = 4-connectivity, as shapes() uses
+    labels, count = ndimage.label(mosaic)   # default structure: 4-connectivity
     if count == 0:
         return []
     contrib: dict[int, list[tuple[geo.Tile, TileResult]]] = {}
@@ -137,9 +137,8 @@ def vectorise(mosaic: np.ndarray, grid: geo.Grid, per_tile, query: str, task: st
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tol = 0.5 * grid.resolution
     out = []
-    for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, transform=grid.transform,
-                              connectivity=4):
-        poly = shapely.geometry.shape(geom).simplify(tol, preserve_topology=True)
+    for geom, value in polygons(labels, grid.transform):
+        poly = geom.simplify(tol, preserve_topology=True)
         if poly.is_empty:
             continue
         parts = contrib.get(int(value), [])

@@ -9,9 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import shapely
-from rasterio.features import rasterize
 
 from .geo import Grid
+from .raster import rasterize
 
 BACKGROUND = (242, 239, 233)
 # (tag key, tag value or None for any, fill colour); painted in this order, later on top.
@@ -49,8 +49,7 @@ def _paint(img: np.ndarray, geoms: list, grid: Grid, colour) -> None:
     geoms = [g for g in geoms if g is not None and not g.is_empty]
     if not geoms:
         return
-    m = rasterize([(g, 1) for g in geoms], out_shape=(grid.height, grid.width),
-                  transform=grid.transform, fill=0, dtype=np.uint8).astype(bool)
+    m = rasterize(geoms, (grid.height, grid.width), grid.transform)
     img[m] = colour
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.features import rasterize
 from shapely.geometry import LineString, Point, box
 
 from .geo import Grid
 from .maprender import render_map
+from .raster import rasterize
 from .vectormap import Feature
 
 # Jinan, Shandong: WGS 84 / UTM zone 50N (the SocioSeg cities are Chinese).
@@ -173,8 +173,7 @@ def _mask(geoms, grid: Grid) -> np.ndarray:
     geoms = [g for g in geoms if g is not None and not g.is_empty]
     if not geoms:
         return np.zeros((grid.height, grid.width), bool)
-    return rasterize([(g, 1) for g in geoms], out_shape=(grid.height, grid.width),
-                     transform=grid.transform, dtype=np.uint8).astype(bool)
+    return rasterize(geoms, (grid.height, grid.width), grid.transform)
 
 
 def _texture(rng, shape, base, spread, blur=3) -> np.ndarray:

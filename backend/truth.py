@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-from rasterio.features import rasterize
 
 from .query import name_score, normalise, resolve_query
+from .raster import rasterize
 from .vectormap import VectorMap
 
 
@@ -22,8 +22,7 @@ def truth_mask_for(path: str, grid, query: str, task: str | None) -> np.ndarray:
             geoms.append(f.geometry)
     if not geoms:
         return np.zeros((grid.height, grid.width), bool)
-    return rasterize([(g, 1) for g in geoms], out_shape=(grid.height, grid.width),
-                     transform=grid.transform, dtype=np.uint8).astype(bool)
+    return rasterize(geoms, (grid.height, grid.width), grid.transform)
 
 
 def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:

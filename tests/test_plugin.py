@@ -14,6 +14,15 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer,
                        QgsVectorLayer)
 
 
+@pytest.fixture(autouse=True)
+def collect_qt_garbage():
+    """Collect this test's Python wrappers of Qt/QGIS objects while QGIS is still in the state they
+    belong to; left for a later cycle, sip can free them after QGIS did and crash the interpreter."""
+    yield
+    import gc
+    gc.collect()
+
+
 def test_plugin_loads_and_unloads(plugin_pkg, qgis_iface):
     plugin = plugin_pkg.classFactory(qgis_iface)
     plugin.initProcessing()

@@ -17,13 +17,13 @@ import logging
 import cv2
 import numpy as np
 import shapely
-from rasterio.features import rasterize
 from scipy import ndimage
 
 from ..errors import InputError
 from ..maprender import hex_rgb
 from ..prompts import Item, ParsedAnswer, format_answer
 from ..query import QuerySpec, name_score, resolve_query
+from ..raster import rasterize
 from ..resources import load_json, resource
 from .base import QwenFrame, Reply, TileView
 
@@ -148,7 +148,7 @@ class MapReader(QwenFrame):
             part = geom.intersection(tile_poly)
             if part.is_empty or part.area < max(MIN_AREA_M2, 20 * px_area):
                 continue
-            m = rasterize([(part, 1)], out_shape=(h, w), transform=t, dtype=np.uint8).astype(bool)
+            m = rasterize([part], (h, w), t)
             if not m.any():
                 continue
             ys, xs = np.nonzero(m)
