@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dump", help="folder for the per-tile dump of the self-test runs")
     s.add_argument("--models-dir", help="keep the tiny models here (vlm/, sam2/, sam/)")
 
+    rs = sub.add_parser("run-scene", help="the QGIS plugin's worker: detect on a captured scene folder")
+    rs.add_argument("folder")
+
     sm = sub.add_parser("sample", help="regenerate the bundled sample town")
     sm.add_argument("--out", default=None, help="folder (default resources/sample)")
 
@@ -186,7 +189,13 @@ def cmd_synth(args) -> int:
     return 0
 
 
-COMMANDS = {"detect": cmd_detect, "info": cmd_info, "selftest": cmd_selftest, "sample": cmd_sample,
+def cmd_run_scene(args) -> int:
+    from .worker import main as worker_main
+
+    return worker_main(args.folder)
+
+
+COMMANDS = {"detect": cmd_detect, "run-scene": cmd_run_scene, "info": cmd_info, "selftest": cmd_selftest, "sample": cmd_sample,
             "synth-socioseg": cmd_synth}
 
 

@@ -18,13 +18,11 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
 from .errors import InputError
+from .tiles import DEFAULT_MAX_TILES, DEFAULT_OVERLAP, DEFAULT_TILE, Tile, tile_layout  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RESOLUTION = 1.0      # metres per pixel
-DEFAULT_TILE = 768
-DEFAULT_OVERLAP = 128
-DEFAULT_MAX_TILES = 256
 
 
 @dataclass(frozen=True)
@@ -45,24 +43,6 @@ class Grid:
 
     def window_transform(self, x0: int, y0: int) -> Affine:
         return self.transform * Affine.translation(x0, y0)
-
-
-@dataclass(frozen=True)
-class Tile:
-    row: int
-    col: int
-    x0: int
-    y0: int
-    width: int
-    height: int
-
-    @property
-    def id(self) -> str:
-        return f"tile_{self.row}_{self.col}"
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y0 + self.height), slice(self.x0, self.x0 + self.width)
 
 
 def utm_crs_for(lon: float, lat: float) -> CRS:
@@ -128,31 +108,6 @@ def plan_grid(footprints: list[tuple[CRS, tuple]], crs: CRS | None = None,
     width = max(1, int(math.ceil((maxx - minx) / resolution - 1e-9)))
     height = max(1, int(math.ceil((maxy - miny) / resolution - 1e-9)))
     return Grid(crs, Affine(resolution, 0.0, minx, 0.0, -resolution, maxy), width, height)
-
-
-def tile_layout(width: int, height: int, size: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                max_tiles: int = DEFAULT_MAX_TILES) -> list[Tile]:
-    """Overlapping tiles of at most `size` px covering the grid; edge tiles shift inward to stay full."""
-    if size < 32:
-        raise InputError(f"tile size {size} is too small: use at least 32 px")
-    if not 0 <= overlap < size // 2 + 1:
-        raise InputError(f"tile overlap {overlap} must be between 0 and half the tile size ({size // 2})")
-
-    def offsets(n: int) -> list[int]:
-        if n <= size:
-            return [0]
-        step = size - overlap
-        count = math.ceil((n - overlap) / step)
-        return sorted({min(i * step, n - size) for i in range(count)})
-
-    xs, ys = offsets(width), offsets(height)
-    if len(xs) * len(ys) > max_tiles:
-        raise InputError(
-            f"the area needs {len(xs) * len(ys)} tiles of {size} px ({width} x {height} px at this "
-            f"resolution), more than the limit of {max_tiles}. Choose a smaller area, a coarser "
-            "resolution, or raise the limit (--max-tiles).")
-    tw, th = min(size, width), min(size, height)
-    return [Tile(r, c, x, y, tw, th) for r, y in enumerate(ys) for c, x in enumerate(xs)]
 
 
 def _to_uint8(data: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -13,13 +13,10 @@ from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 
 from .errors import InputError
+from .schema import FIELDS
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")
-# Field order and types of the output table; names fit Shapefile's 10-character limit.
-FIELDS = [("query", str), ("task", str), ("name", str), ("tiles", str), ("n_boxes1", int),
-          ("n_boxes2", int), ("refined", int), ("reasoner", str), ("segmenter", str), ("score", float),
-          ("area_m2", float), ("note", str), ("created", str)]
 _GEOD = Geod(ellps="WGS84")
 
 

@@ -2,11 +2,13 @@
 
 Both layers are rendered with the same QgsMapSettings (only the layer list differs), so the two images
 are aligned by construction, and the georeference is taken from the settings' visibleExtent(), which
-QGIS widens to the output's aspect ratio.
+QGIS widens to the output's aspect ratio. Only QGIS and numpy are used here: the detection itself runs
+in the backend's worker process (plugin/worker_client.py).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeatureRequest,
                        QgsMapLayer, QgsMapRendererCustomPainterJob, QgsMapSettings, QgsProject,
@@ -68,27 +70,42 @@ def render(ms: QgsMapSettings):
     return arr[:, : size.width() * 4].reshape(size.height(), size.width(), 4).copy()
 
 
-def grid_from(ms: QgsMapSettings):
-    """The backend grid of a rendered QgsMapSettings, from its visible extent."""
-    from affine import Affine
-    from rasterio.crs import CRS
+@dataclass
+class CapturedScene:
+    """What QGIS rendered over the area, aligned on one grid; no heavy imports needed to hold it."""
+    satellite: "object"            # H x W x 3 uint8
+    map_image: "object"
+    valid: "object"                # H x W bool
+    transform: tuple               # (a, b, c, d, e, f): pixel corner (col, row) -> map coordinates
+    crs_wkt: str
+    tiles: list
+    features: list | None          # vector map: [{"wkb": hex, "props": {...}, "layer": name}]
 
-    from ..backend.geo import Grid
+    def pixel_to_map(self, col: float, row: float) -> tuple[float, float]:
+        a, b, c, d, e, f = self.transform
+        return a * col + b * row + c, d * col + e * row + f
 
+
+def transform_of(ms: QgsMapSettings) -> tuple:
+    """The affine transform of a rendered QgsMapSettings, from its visible extent."""
     v = ms.visibleExtent()
     w, h = ms.outputSize().width(), ms.outputSize().height()
-    crs = CRS.from_wkt(ms.destinationCrs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED))
-    return Grid(crs, Affine(v.width() / w, 0.0, v.xMinimum(), 0.0, -v.height() / h, v.yMaximum()), w, h)
+    return (v.width() / w, 0.0, v.xMinimum(), 0.0, -v.height() / h, v.yMaximum())
 
 
-def vector_features(layer, crs, extent: QgsRectangle):
-    """The layer's features inside `extent` as backend features in `crs` (for the map reader)."""
-    import shapely
+def _json_value(v):
+    if v is None or (hasattr(v, "isNull") and v.isNull()):
+        return None
+    if isinstance(v, (str, int, float, bool)):
+        return v
+    return str(v.toString() if hasattr(v, "toString") else v)
 
-    from ..backend.vectormap import Feature
 
+def vector_features(layer, crs, extent: QgsRectangle) -> list[dict]:
+    """The layer's features inside `extent`, in `crs`, as WKB and JSON-safe attributes."""
     to_map = QgsCoordinateTransform(layer.crs(), crs, QgsProject.instance())
-    request = QgsFeatureRequest().setFilterRect(to_map.transformBoundingBox(extent, QgsCoordinateTransform.ReverseTransform))
+    request = QgsFeatureRequest().setFilterRect(
+        to_map.transformBoundingBox(extent, QgsCoordinateTransform.ReverseTransform))
     names = [f.name() for f in layer.fields()]
     out = []
     for feat in layer.getFeatures(request):
@@ -96,25 +113,18 @@ def vector_features(layer, crs, extent: QgsRectangle):
         if geom is None or geom.isEmpty():
             continue
         geom.transform(to_map)
-        g = shapely.from_wkb(bytes(geom.asWkb()))
-        if not g.is_valid:
-            g = shapely.make_valid(g)
-        props = {}
-        for n, v in zip(names, feat.attributes()):
-            props[n] = None if v is None or (hasattr(v, "isNull") and v.isNull()) else v
-        out.append(Feature(g, props, layer.name()))
+        out.append({"wkb": bytes(geom.asWkb()).hex(), "layer": layer.name(),
+                    "props": {n: _json_value(v) for n, v in zip(names, feat.attributes())}})
     return out
 
 
 def capture_scene(sat_layer, map_layer, extent: QgsRectangle, crs, resolution_m: float,
-                  tile_size: int = 768, overlap: int = 128, max_tiles: int = 256):
-    """A backend Scene of the two layers over `extent` (in `crs`), tiles planned before rendering."""
+                  tile_size: int = 768, overlap: int = 128, max_tiles: int = 256) -> CapturedScene:
+    """Both layers rendered over `extent` (in `crs`) on one grid; tiles are planned before rendering."""
     import numpy as np
 
-    from ..backend.detect import Scene
     from ..backend.errors import InputError
-    from ..backend.geo import tile_layout
-    from ..backend.vectormap import VectorMap
+    from ..backend.tiles import tile_layout
 
     if sat_layer is None or not sat_layer.isValid():
         raise InputError("choose a valid satellite layer")
@@ -124,24 +134,21 @@ def capture_scene(sat_layer, map_layer, extent: QgsRectangle, crs, resolution_m:
     tiles = tile_layout(width, height, tile_size, overlap, max_tiles)   # refuses huge areas first
     ms_sat = map_settings(extent, crs, width, height, [sat_layer])
     sat = render(ms_sat)
-    ms_map = map_settings(extent, crs, width, height, [map_layer])
-    mp = render(ms_map)
-    grid = grid_from(ms_sat)
+    mp = render(map_settings(extent, crs, width, height, [map_layer]))
     valid = sat[..., 3] > 0
     if not valid.any():
         raise InputError(f"the satellite layer '{sat_layer.name()}' has no pixels in this area")
-    is_vector = map_layer.type() == QgsMapLayer.VectorLayer
-    if is_vector:
+    features = None
+    if map_layer.type() == QgsMapLayer.VectorLayer:
         alpha = mp[..., 3:4].astype(np.float32) / 255.0
         map_rgb = (mp[..., :3] * alpha + np.array(CARTO_BACKGROUND) * (1 - alpha)).astype(np.uint8)
-        feats = vector_features(map_layer, crs, ms_sat.visibleExtent())
-        vmap = VectorMap(feats, grid.crs) if feats else None
-        if vmap is None:
+        features = vector_features(map_layer, crs, ms_sat.visibleExtent())
+        if not features:
             raise InputError(f"the map layer '{map_layer.name()}' has no features in this area")
     else:
         valid &= mp[..., 3] > 0
         if not valid.any():
             raise InputError(f"the map layer '{map_layer.name()}' has no pixels where the satellite layer has")
-        map_rgb, vmap = np.ascontiguousarray(mp[..., :3]), None
-    sat_rgb = np.ascontiguousarray(sat[..., :3])
-    return Scene(grid, sat_rgb, map_rgb, valid, tiles, vmap)
+        map_rgb = np.ascontiguousarray(mp[..., :3])
+    return CapturedScene(np.ascontiguousarray(sat[..., :3]), map_rgb, valid, transform_of(ms_sat),
+                         crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED), tiles, features)

@@ -41,14 +41,17 @@ def python_executable() -> str:
     return shutil.which("python3") or "python3"
 
 
-def install_command(packages: list[str]) -> str:
+def install_command(packages: list[str], python: str | None = None) -> str:
     if packages and set(packages) <= set(BASE_MODULES.values()):
         target = f'-r "{os.path.join(PLUGIN_DIR, "requirements-plugin.txt")}"'
     else:
         target = " ".join(packages)
-    return f'"{python_executable()}" -m pip install --user {target}'
+    return f'"{python or python_executable()}" -m pip install --user {target}'
 
 
-def explain_missing(packages: list[str], what: str) -> str:
-    return (f"{what} needs Python packages that this QGIS cannot import: {', '.join(packages)}.\n\n"
-            f"Install them for QGIS's Python, then restart QGIS:\n\n{install_command(packages)}")
+def explain_missing(packages: list[str], what: str, python: str | None = None) -> str:
+    python = python or python_executable()
+    return (f"{what} needs Python packages that {python} cannot import: {', '.join(packages)}.\n\n"
+            f"Install them, then run again:\n\n{install_command(packages, python)}\n\n"
+            "Or point Plugins > SocioSeg > Settings > 'Python for the backend' at an environment that has "
+            "them (the repository's scripts/setup.sh makes one in .venv).")

@@ -14,7 +14,7 @@ QUERY_PROPERTY = "socioseg/query"
 
 
 def _fields() -> QgsFields:
-    from ..backend.output import FIELDS
+    from ..backend.schema import FIELDS
 
     kinds = {str: QVariant.String, int: QVariant.Int, float: QVariant.Double}
     fields = QgsFields()
@@ -28,32 +28,31 @@ def layer_name(query: str, reasoner_spec: str) -> str:
     return f"{query.strip()[:1].upper()}{query.strip()[1:]} — {engine}"
 
 
-def detection_layer(detection, name: str, crs, query: str) -> QgsVectorLayer:
-    """A memory layer in `crs` (the grid's CRS) with one styled feature per detected place."""
-    import shapely
+def features_from(result: dict, fields: QgsFields) -> list[QgsFeature]:
+    """QGIS features (multipolygons) of a worker result."""
+    from ..backend.schema import FIELDS
 
-    from ..backend.output import FIELDS
+    out = []
+    for e in result["entities"]:
+        f = QgsFeature(fields)
+        geom = QgsGeometry.fromWkt(e["wkt"])
+        geom.convertToMultiType()
+        f.setGeometry(geom)
+        attrs = e["attrs"]
+        f.setAttributes([None if attrs.get(n) is None else int(attrs[n]) if kind is int else attrs[n]
+                         for n, kind in FIELDS])
+        out.append(f)
+    return out
 
+
+def detection_layer(result: dict, name: str, crs, query: str) -> QgsVectorLayer:
+    """A memory layer in `crs` (the capture's CRS) with one styled feature per detected place."""
     layer = QgsVectorLayer("MultiPolygon", name, "memory")
     layer.setCrs(crs)
     provider = layer.dataProvider()
-    fields = _fields()
-    provider.addAttributes(list(fields))
+    provider.addAttributes(list(_fields()))
     layer.updateFields()
-    feats = []
-    for e in detection.entities:
-        f = QgsFeature(layer.fields())
-        g = e.geometry if e.geometry.geom_type == "MultiPolygon" else shapely.MultiPolygon([e.geometry])
-        geom = QgsGeometry()
-        geom.fromWkb(shapely.to_wkb(g))
-        f.setGeometry(geom)
-        attrs = []
-        for n, kind in FIELDS:
-            v = e.attrs.get(n)
-            attrs.append(None if v is None else int(v) if kind is int else v)
-        f.setAttributes(attrs)
-        feats.append(f)
-    provider.addFeatures(feats)
+    provider.addFeatures(features_from(result, layer.fields()))
     layer.updateExtents()
     if os.path.exists(STYLE):
         layer.loadNamedStyle(STYLE)

@@ -23,11 +23,18 @@ AREAS = ["Current map canvas extent", "Extent of a layer", "Rectangle drawn on t
 
 
 def vlm_unavailable_reason(settings: PluginSettings) -> str | None:
-    missing = deps.missing({**deps.VLM_MODULES, **deps.BASE_MODULES})
+    """Why the vision-language engine cannot run in the backend's Python, or None."""
+    from .worker_client import missing_in_worker, worker_python
+
+    python = worker_python(settings.python)
+    modules = {**deps.BASE_MODULES, **deps.VLM_MODULES}
     if settings.segmenter.startswith("sam:"):
-        missing += deps.missing(deps.SAM_MODULES)
+        modules.update(deps.SAM_MODULES)
+    missing = missing_in_worker(python, modules)
+    if missing is None:
+        return f"The backend's Python ({python}) cannot be started: set one in the plugin settings."
     if missing:
-        return deps.explain_missing(missing, "The vision-language engine")
+        return deps.explain_missing(missing, "The vision-language engine", python)
     return None
 
 
@@ -40,6 +47,7 @@ class FindPanel(QDockWidget):
         self.last_layer = None
         self.drawn_extent: QgsRectangle | None = None
         self._tool = None
+        self._checked: dict[str, str | None] = {}
         self.settings = PluginSettings.load()
         body = QWidget()
         form = QFormLayout()
@@ -170,24 +178,40 @@ class FindPanel(QDockWidget):
                             self.query.currentText().strip(), TASKS[self.task_combo.currentIndex()][1],
                             self.chosen_extent(), QgsProject.instance().crs(), self.resolution.value(),
                             reasoner, segmenter, s.device, s.max_new_tokens, s.tile_size, s.overlap,
-                            s.max_tiles)
+                            s.max_tiles, s.python)
 
     def run_or_cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
             self.status.setText("Cancelling…")
             return
-        missing = deps.missing(deps.BASE_MODULES)
-        if missing:
-            QMessageBox.warning(self, "SocioSeg: missing packages", deps.explain_missing(missing, "SocioSeg"))
-            return
         p = self.params()
+        problem = self.worker_problem()
+        if problem:
+            QMessageBox.warning(self, "SocioSeg: the backend cannot run", problem)
+            return
         problem = (not p.query and "Type what to find.") or (p.satellite_layer is None and "Choose a satellite layer.") \
             or (p.map_layer is None and "Choose a map layer.") or (p.extent is None and "Choose or draw an area.")
         if problem:
             self.status.setText(problem)
             return
         self.start(DetectTask(p, self._finished))
+
+    def worker_problem(self) -> str | None:
+        """Why the backend worker cannot run (checked once per interpreter), or None."""
+        from .worker_client import missing_in_worker, worker_python
+
+        python = worker_python(self.settings.python)
+        if python not in self._checked:
+            missing = missing_in_worker(python)
+            if missing is None:
+                self._checked[python] = (f"The backend's Python ({python}) cannot be started. Set a Python 3 "
+                                         "interpreter under Plugins > SocioSeg > Settings.")
+            elif missing:
+                self._checked[python] = deps.explain_missing(missing, "SocioSeg", python)
+            else:
+                self._checked[python] = None
+        return self._checked[python]
 
     def start(self, task: DetectTask, run_now: bool = False) -> None:
         """Start `task` in QGIS's task manager (or synchronously, for tests and scripts)."""

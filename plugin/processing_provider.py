@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsField, QgsFields,
-                       QgsGeometry, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
+from qgis.core import (QgsCoordinateTransform, QgsFeatureSink, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
                        QgsProcessingParameterFeatureSink, QgsProcessingParameterMapLayer,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingProvider, QgsWkbTypes)
-from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from .deps import PLUGIN_DIR
@@ -55,8 +53,8 @@ class DetectEntitiesAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         from ..backend.errors import Cancelled, SocioSegError
-        from ..backend.output import FIELDS
         from .task import DetectParams, run_detection
+        from .worker_client import WorkerError
 
         sat = self.parameterAsRasterLayer(parameters, self.SATELLITE, context)
         mp = self.parameterAsLayer(parameters, self.MAP, context)
@@ -79,7 +77,7 @@ class DetectEntitiesAlgorithm(QgsProcessingAlgorithm):
         reasoner, segmenter = settings.engine_specs(engine)
         params = DetectParams(sat, mp, query, None if task == "auto" else task, extent, crs, res, reasoner,
                               segmenter, settings.device, settings.max_new_tokens, settings.tile_size,
-                              settings.overlap, settings.max_tiles)
+                              settings.overlap, settings.max_tiles, settings.python)
 
         def progress(frac, msg):
             feedback.setProgress(100.0 * frac)
@@ -89,24 +87,15 @@ class DetectEntitiesAlgorithm(QgsProcessingAlgorithm):
             detection = run_detection(params, progress, feedback.isCanceled)
         except Cancelled:
             return {self.OUTPUT: None}
-        except SocioSegError as exc:
+        except (SocioSegError, WorkerError) as exc:
             raise QgsProcessingException(str(exc)) from None
-        kinds = {str: QVariant.String, int: QVariant.Int, float: QVariant.Double}
-        fields = QgsFields()
-        for n, kind in FIELDS:
-            fields.append(QgsField(n, kinds[kind]))
+        from .layers import _fields, features_from
+
+        fields = _fields()
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon, crs)
-        import shapely
-        for e in detection.entities:
-            f = QgsFeature(fields)
-            g = e.geometry if e.geometry.geom_type == "MultiPolygon" else shapely.MultiPolygon([e.geometry])
-            geom = QgsGeometry()
-            geom.fromWkb(shapely.to_wkb(g))
-            f.setGeometry(geom)
-            f.setAttributes([None if e.attrs.get(n) is None else (int(e.attrs[n]) if k is int else e.attrs[n])
-                             for n, k in FIELDS])
+        for f in features_from(detection, fields):
             sink.addFeature(f, QgsFeatureSink.FastInsert)
-        feedback.pushInfo(f"found {len(detection.entities)} place(s) for '{query}'")
+        feedback.pushInfo(f"found {len(detection['entities'])} place(s) for '{query}'")
         return {self.OUTPUT: dest}
 
 

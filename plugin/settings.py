@@ -21,6 +21,7 @@ class PluginSettings:
     overlap: int = 128
     max_tiles: int = 256
     replace_previous: bool = True
+    python: str = ""       # interpreter of the backend worker; empty: the plugin's .venv or QGIS's Python
 
     @classmethod
     def load(cls) -> "PluginSettings":

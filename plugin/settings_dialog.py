@@ -8,12 +8,23 @@ from .settings import PluginSettings
 
 
 def diagnostics_text() -> str:
+    """`python -m backend info` run by the backend's own Python, plus what QGIS runs."""
+    import subprocess
+    import sys
+
+    from qgis.core import Qgis
+
+    from .deps import PLUGIN_DIR
+    from .worker_client import worker_env, worker_python
+
+    python = worker_python(PluginSettings.load().python)
+    head = f"QGIS {Qgis.QGIS_VERSION}, QGIS Python {sys.version.split()[0]}\nbackend Python {python}\n"
     try:
-        from ..backend.info import diagnostics
-        return diagnostics()
-    except Exception as exc:  # missing packages are what users need to see here
-        import sys
-        return f"backend diagnostics unavailable: {type(exc).__name__}: {exc}\npython {sys.version}"
+        r = subprocess.run([python, "-m", "backend", "info"], cwd=PLUGIN_DIR, capture_output=True, text=True,
+                           timeout=120, env=worker_env(python))
+        return head + (r.stdout if r.returncode == 0 else f"backend info failed ({r.returncode}): {r.stderr[-1500:]}")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return head + f"backend info could not run: {exc}"
 
 
 class SettingsDialog(QDialog):
@@ -37,7 +48,12 @@ class SettingsDialog(QDialog):
         self.tile = QSpinBox()
         self.tile.setRange(128, 4096)
         self.tile.setValue(s.tile_size)
+        self.python = QLineEdit(s.python)
+        self.python.setPlaceholderText("automatic: the plugin's .venv, else QGIS's Python")
+        self.python.setToolTip("The Python interpreter that runs the detection (it needs the packages "
+                               "of requirements.txt); detection runs in its own process")
         form = QFormLayout()
+        form.addRow("Python for the backend", self.python)
         form.addRow("Vision-language model", self.vlm)
         form.addRow("Segmenter", self.segmenter)
         form.addRow("Device", self.device)
@@ -63,6 +79,7 @@ class SettingsDialog(QDialog):
         s.max_new_tokens = self.tokens.value()
         s.resolution = self.resolution.value()
         s.tile_size = self.tile.value()
+        s.python = self.python.text().strip()
         s.save()
         super().accept()
 

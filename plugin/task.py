@@ -26,18 +26,18 @@ class DetectParams:
     tile_size: int = 768
     overlap: int = 128
     max_tiles: int = 256
+    python: str = ""                 # the worker's interpreter; empty: see worker_client.worker_python
 
 
 def log(message: str, level=Qgis.Info) -> None:
     QgsMessageLog.logMessage(message, TAG, level)
 
 
-def run_detection(params: DetectParams, progress=None, cancel=None):
-    """Capture and detect; raises backend errors. Shared by the task and the Processing algorithm."""
-    from ..backend.detect import detect
-    from ..backend.engines import build_reasoner, build_segmenter
-    from ..backend.reasoners.qwen import GenerationSettings
+def run_detection(params: DetectParams, progress=None, cancel=None) -> dict:
+    """Capture in QGIS, detect in the worker process; returns {"entities": [{"wkt", "attrs"}], ...}.
+    Raises backend errors (InputError, Cancelled) and WorkerError. Shared by the task and Processing."""
     from .capture import capture_scene
+    from .worker_client import run_worker, worker_python
 
     def report(frac, msg):
         if progress:
@@ -46,14 +46,14 @@ def run_detection(params: DetectParams, progress=None, cancel=None):
     report(0.0, "capturing layers")
     scene = capture_scene(params.satellite_layer, params.map_layer, params.extent, params.crs,
                           params.resolution, params.tile_size, params.overlap, params.max_tiles)
-    if cancel and cancel():
-        from ..backend.errors import Cancelled
-        raise Cancelled("cancelled by the user")
-    report(0.05, "loading engines")
-    reasoner = build_reasoner(params.reasoner, params.device, GenerationSettings(params.max_new_tokens))
-    segmenter = build_segmenter(params.segmenter, params.device)
-    return detect(scene, params.query, reasoner, segmenter, task=params.task,
-                  progress=lambda f, m: report(0.1 + 0.9 * f, m), cancel=cancel)
+    request = {"crs_wkt": scene.crs_wkt, "transform": list(scene.transform), "query": params.query,
+               "task": params.task, "reasoner": params.reasoner, "segmenter": params.segmenter,
+               "device": params.device, "max_new_tokens": params.max_new_tokens,
+               "tile_size": params.tile_size, "overlap": params.overlap, "max_tiles": params.max_tiles,
+               "features": scene.features}
+    report(0.05, f"detecting in {len(scene.tiles)} tile(s)")
+    return run_worker(worker_python(params.python), scene.satellite, scene.map_image, scene.valid, request,
+                      lambda f, m: report(0.05 + 0.95 * f, m), cancel)
 
 
 class DetectTask(QgsTask):
@@ -74,6 +74,7 @@ class DetectTask(QgsTask):
 
     def run(self) -> bool:
         from ..backend.errors import Cancelled, SocioSegError
+        from .worker_client import WorkerError
 
         try:
             self.detection = run_detection(self.params, self._progress, self.isCanceled)
@@ -82,6 +83,9 @@ class DetectTask(QgsTask):
             self.cancelled = True
         except SocioSegError as exc:
             self.error = str(exc)
+        except WorkerError as exc:
+            self.error = f"{exc}. Check Settings > Python for the backend, and the Diagnostics."
+            log(str(exc), Qgis.Critical)
         except Exception as exc:  # never let a failure escape into QGIS's task manager silently
             self.error = (f"internal error: {type(exc).__name__}: {exc}. The details are in the log "
                           f"panel ({TAG}); please attach them and the Diagnostics to a bug report.")

@@ -68,15 +68,14 @@ def test_capture_georeference_is_exact(plugin_pkg, qgis_new_project, tmp_path, p
     scene = capture_scene(sat, sat, extent, crs, res_m)
     red = (scene.satellite[..., 0] > 200) & (scene.satellite[..., 1] < 60)
     rows, cols = np.nonzero(red)
-    g = scene.grid
     # the red block's centre must come out at its true place
-    cx, cy = g.transform * (cols.mean() + 0.5, rows.mean() + 0.5)
+    cx, cy = scene.pixel_to_map(cols.mean() + 0.5, rows.mean() + 0.5)
     from pyproj import Transformer
     x, y = Transformer.from_crs(32650, project_epsg, always_xy=True).transform(500_110.0, 4_056_945.0)
     tol = 1.0 if project_epsg == 32650 else 1.0 / 111_320 * 1.5
     assert abs(cx - x) < tol and abs(cy - y) < tol
     assert np.array_equal(scene.satellite.shape[:2], scene.map_image.shape[:2])
-    assert scene.grid.crs.to_epsg() == project_epsg
+    assert QgsCoordinateReferenceSystem.fromWkt(scene.crs_wkt).authid() == f"EPSG:{project_epsg}"
     assert gpkg  # the vector map is exercised in the task test below
 
 
@@ -86,19 +85,21 @@ def test_capture_of_a_vector_map_is_aligned_and_keeps_features(plugin_pkg, qgis_
     vmap = QgsVectorLayer(os.path.join(sample_dir, "map.gpkg") + "|layername=areas", "areas", "ogr")
     crs = QgsCoordinateReferenceSystem("EPSG:32650")
     scene = capture_scene(sat, vmap, sat.extent(), crs, 2.0)
-    assert scene.map_features is not None and len(scene.map_features.features) > 50
+    assert scene.features is not None and len(scene.features) > 50
     assert scene.map_image.shape == scene.satellite.shape
     # the layer is drawn with its own QGIS style: painted inside a school area, background on a road
     from socioseg.plugin.capture import CARTO_BACKGROUND
     import shapely
-    school = next(f for f in scene.map_features.features if f.props.get("amenity") == "school")
-    c = school.geometry.representative_point()
-    col, row = ~scene.grid.transform * (c.x, c.y)
+    geoms = [shapely.from_wkb(bytes.fromhex(f["wkb"])) for f in scene.features]
+    school = next(g for g, f in zip(geoms, scene.features) if f["props"].get("amenity") == "school")
+    inv = ~Affine(*scene.transform)
+    c = school.representative_point()
+    col, row = inv * (c.x, c.y)
     assert tuple(scene.map_image[int(row), int(col)]) != CARTO_BACKGROUND
-    covered = shapely.union_all([f.geometry for f in scene.map_features.features]).buffer(4)
-    b = school.geometry.bounds
+    covered = shapely.union_all(geoms).buffer(4)
+    b = school.bounds
     gap = next(shapely.Point(b[0] - d, c.y) for d in range(1, 40) if not covered.contains(shapely.Point(b[0] - d, c.y)))
-    col, row = ~scene.grid.transform * (gap.x, gap.y)
+    col, row = inv * (gap.x, gap.y)
     assert tuple(scene.map_image[int(row), int(col)]) == CARTO_BACKGROUND
 
 
@@ -164,6 +165,19 @@ def test_task_errors_reach_the_user_not_a_traceback(plugin_pkg, qgis_new_project
     assert task.error and "vector map" in task.error
     assert "vector map" in panel.status.text()
     assert panel.run_button.text() == "Run"
+
+
+def test_a_broken_backend_python_is_reported_with_the_fix(plugin_pkg, qgis_new_project, qgis_iface, sample_dir):
+    from socioseg.plugin.panel import FindPanel
+    from socioseg.plugin.task import DetectTask
+    panel = FindPanel(qgis_iface)
+    p = _params(sample_dir, "parks")
+    p.python = "/nonexistent/python3"
+    task = DetectTask(p, panel._finished)
+    panel.start(task, run_now=True)
+    assert "cannot start the backend's Python" in task.error and "Settings" in task.error
+    panel.settings.python = "/nonexistent/python3"
+    assert "cannot be started" in panel.worker_problem()
 
 
 def test_cancel_stops_a_multi_tile_task(plugin_pkg, qgis_new_project, qgis_iface, sample_dir):

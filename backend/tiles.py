@@ -1,0 +1,54 @@
+"""Tiles over a grid: plain Python, so that the QGIS plugin can plan a run without heavy imports."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import InputError
+
+DEFAULT_TILE = 768
+DEFAULT_OVERLAP = 128
+DEFAULT_MAX_TILES = 256
+
+
+@dataclass(frozen=True)
+class Tile:
+    row: int
+    col: int
+    x0: int
+    y0: int
+    width: int
+    height: int
+
+    @property
+    def id(self) -> str:
+        return f"tile_{self.row}_{self.col}"
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y0 + self.height), slice(self.x0, self.x0 + self.width)
+
+
+def tile_layout(width: int, height: int, size: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                max_tiles: int = DEFAULT_MAX_TILES) -> list[Tile]:
+    """Overlapping tiles of at most `size` px covering the grid; edge tiles shift inward to stay full."""
+    if size < 32:
+        raise InputError(f"tile size {size} is too small: use at least 32 px")
+    if not 0 <= overlap < size // 2 + 1:
+        raise InputError(f"tile overlap {overlap} must be between 0 and half the tile size ({size // 2})")
+
+    def offsets(n: int) -> list[int]:
+        if n <= size:
+            return [0]
+        step = size - overlap
+        count = math.ceil((n - overlap) / step)
+        return sorted({min(i * step, n - size) for i in range(count)})
+
+    xs, ys = offsets(width), offsets(height)
+    if len(xs) * len(ys) > max_tiles:
+        raise InputError(
+            f"the area needs {len(xs) * len(ys)} tiles of {size} px ({width} x {height} px at this "
+            f"resolution), more than the limit of {max_tiles}. Choose a smaller area, a coarser "
+            "resolution, or raise the limit (--max-tiles).")
+    tw, th = min(size, width), min(size, height)
+    return [Tile(r, c, x, y, tw, th) for r, y in enumerate(ys) for c, x in enumerate(xs)]

@@ -1,0 +1,110 @@
+"""Running the backend in its own Python process and reading its progress, result and errors.
+
+QGIS's process already holds its own GDAL, GEOS and PROJ; the wheels of rasterio, shapely and pyproj
+bring other copies, and mixing them in one process gives empty rasters or crashes. The worker process
+(`python -m backend run-scene`) has only its own copies, and torch never loads into QGIS.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+from .deps import PLUGIN_DIR, python_executable
+
+
+def worker_python(configured: str = "") -> str:
+    """The configured interpreter, else the plugin folder's .venv, else QGIS's own Python."""
+    if configured:
+        return configured
+    for candidate in (os.path.join(PLUGIN_DIR, ".venv", "bin", "python"),
+                      os.path.join(PLUGIN_DIR, ".venv", "Scripts", "python.exe")):
+        if os.path.exists(candidate):
+            return candidate
+    return python_executable()
+
+
+def worker_env(python: str) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if os.path.realpath(python) != os.path.realpath(sys.executable or ""):
+        env.pop("PYTHONHOME", None)   # QGIS's own Python home would break another interpreter
+    return env
+
+
+class WorkerError(RuntimeError):
+    """The worker died without a user-level error message (a bug or a broken installation)."""
+
+
+def run_worker(python: str, satellite, map_image, valid, request: dict, progress=None, cancel=None) -> dict:
+    """Write the scene, run the worker, stream its progress; returns the result dict.
+
+    Raises InputError for problems the user can fix, Cancelled when `cancel()` turns true (the worker
+    is terminated), WorkerError otherwise."""
+    from ..backend.errors import Cancelled, InputError
+    from ..backend.worker import RESULT, write_scene
+
+    folder = tempfile.mkdtemp(prefix="socioseg-scene-")
+    try:
+        write_scene(folder, satellite, map_image, valid, request)
+        try:
+            proc = subprocess.Popen([python, "-m", "backend", "run-scene", folder], cwd=PLUGIN_DIR,
+                                    env=worker_env(python), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise WorkerError(f"cannot start the backend's Python {python!r}: {exc}") from None
+        lines: queue.Queue = queue.Queue()
+        stderr: list[str] = []
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)],
+                         daemon=True).start()
+        threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True).start()
+        error = None
+        while True:
+            if cancel is not None and cancel():
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise Cancelled("cancelled by the user")
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if line.startswith("PROGRESS ") and progress is not None:
+                _, frac, *msg = line.rstrip("\n").split(" ", 2)
+                progress(float(frac), msg[0] if msg else "")
+            elif line.startswith("ERROR "):
+                error = line[6:].strip()
+        rc = proc.wait()
+        if rc == 2 and error:
+            raise InputError(error)
+        if rc != 0:
+            tail = "".join(stderr)[-2000:].strip()
+            raise WorkerError(f"the backend worker ({python}) exited with code {rc}: {tail or 'no output'}")
+        with open(os.path.join(folder, RESULT), encoding="utf-8") as f:
+            return json.load(f)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def missing_in_worker(python: str, modules: dict[str, str] | None = None) -> list[str] | None:
+    """Pip names of `modules` (default: the backend's base packages) the worker Python lacks; None if
+    it cannot be run at all."""
+    from .deps import BASE_MODULES
+
+    code = ("import importlib.util, json; mods = %r\n"
+            "print(json.dumps([p for m, p in mods.items() if importlib.util.find_spec(m) is None]))"
+            % (modules or BASE_MODULES))
+    try:
+        r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=worker_env(python))
+        return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
