@@ -97,8 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_detect(args) -> int:
-    import numpy as np
-
     from .detect import detect, load_scene
     from .engines import build_reasoner, build_segmenter
     from .geo import parse_crs

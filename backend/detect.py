@@ -76,7 +76,6 @@ class Detection:
     mask: np.ndarray
     entities: list[Entity]
     tiles: list[TileResult] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = None,

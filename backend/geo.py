@@ -156,8 +156,3 @@ def read_on_grid(path: str, grid: Grid, resampling: Resampling = Resampling.bili
         rgb = np.ascontiguousarray(np.moveaxis(data, 0, -1))
     rgb[~valid] = 0
     return rgb, valid
-
-
-def pixel_to_map(transform: Affine, col: float, row: float) -> tuple[float, float]:
-    """Map coordinates of a position given in pixel units (corners at integers, centres at +0.5)."""
-    return transform * (col, row)

@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
 
 log = logging.getLogger(__name__)
 

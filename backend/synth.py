@@ -6,8 +6,6 @@ that georeferencing is exercised exactly as with real data.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 
 import cv2

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 
-import numpy as np
 
 from .prompts import stage1_prompt, stage2_prompt
 from .resources import resource
@@ -84,8 +83,6 @@ def build_tiny_vlm(seed: int = 0, extra_text: list[str] = ()):
 
 def supervised_batch(chat, examples, device="cpu"):
     """Inputs and labels for (map, sat, prompt, target) examples: loss on the target tokens only."""
-    import torch
-
     tok = chat.processor.tokenizer
     pairs = [(m, s, p) for m, s, p, _ in examples]
     prompt_enc = chat.encode(pairs)

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pyogrio
-import pytest
 
 from backend.cli import main
 from helpers import ROOT

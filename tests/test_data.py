@@ -63,7 +63,6 @@ def test_parquet_hub_layout(tmp_path):
 
 
 def test_gt_boxes_in_model_pixels():
-    from backend.segmenters.base import Segmentation  # noqa: F401 (backend importable from training)
     m = np.zeros((768, 768), bool)
     m[100:200, 300:500] = True
     m[700:703, 0:3] = True                            # 9 px: below the contour-area floor

@@ -9,7 +9,7 @@ from rasterio.crs import CRS
 
 from backend.detect import detect, load_scene
 from backend.geo import Tile
-from backend.pipeline import dump_tile, run_tile
+from backend.pipeline import run_tile
 from backend.prompts import stage2_prompt
 from helpers import FillBoxSegmenter, ScriptedReasoner
 

@@ -210,3 +210,32 @@ def test_processing_algorithm_runs_with_and_without_extent(plugin_pkg, qgis_proc
         assert res["OUTPUT"].featureCount() >= 1
     finally:
         plugin.unload()
+
+
+def test_missing_packages_in_the_backend_python_are_explained(plugin_pkg, qgis_iface, tmp_path):
+    import venv
+    from socioseg.plugin.panel import FindPanel
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")
+    bare = str(tmp_path / "bare" / "bin" / "python")
+    panel = FindPanel(qgis_iface)
+    panel.settings.python = bare
+    text = panel.worker_problem()
+    assert "rasterio" in text and "shapely" in text
+    assert f'"{bare}" -m pip install --user -r' in text and "requirements-plugin.txt" in text
+
+
+def test_settings_dialog_saves_and_diagnostics_come_from_the_backend(plugin_pkg, qgis_app):
+    from socioseg.plugin.settings import PluginSettings
+    from socioseg.plugin.settings_dialog import SettingsDialog, diagnostics_text
+    before = PluginSettings.load()
+    try:
+        d = SettingsDialog()
+        d.vlm.setText("/models/SocioReasoner-3B")
+        d.python.setText("")
+        d.accept()
+        assert PluginSettings.load().vlm_model == "/models/SocioReasoner-3B"
+        assert PluginSettings.load().engine_specs("vlm")[0] == "qwen:/models/SocioReasoner-3B"
+    finally:
+        before.save()
+    text = diagnostics_text()
+    assert "QGIS 3." in text and "socioseg backend" in text and "transformers" in text

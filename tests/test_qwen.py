@@ -6,7 +6,7 @@ import torch
 from backend.engines import build_reasoner, parse_reasoner
 from backend.errors import ModelNotFoundError
 from backend.prompts import stage1_prompt
-from backend.reasoners.qwen import DEFAULT_VLM, GenerationSettings, QwenChat
+from backend.reasoners.qwen import DEFAULT_VLM, GenerationSettings
 
 
 def test_default_reasoner_spec_names_the_released_model():

@@ -17,7 +17,7 @@ import torch
 
 from backend.prompts import MAX_PIXELS, MIN_PIXELS
 
-from .config import load_config
+from .config import load_policy, lora_config, run_cli
 from .data import SocioSegData, gt_boxes, model_view
 from .rewards import group_advantages
 from .rollout import two_stage_rollout
@@ -132,7 +132,7 @@ def make_trainer_class():
     return TwoStageGRPOTrainer
 
 
-def validation_callback(trainer_ref, data: SocioSegData, segmenter, every: int, limit: int):
+def validation_callback(trainer_ref, data: SocioSegData, segmenter, every: int):
     """Greedy gIoU / cIoU on the held-out split every `every` steps, logged with the training metrics."""
     from transformers import TrainerCallback
 
@@ -158,27 +158,17 @@ def validation_callback(trainer_ref, data: SocioSegData, segmenter, every: int, 
             tr.log({"val/gIoU": summary["gIoU"], "val/cIoU": summary["cIoU"], "val/F1": summary["F1"],
                     "val/seconds": time.perf_counter() - t})
 
-    data._items = data._items[:limit]
     return Validate()
 
 
 def build(args):
     """(trainer, train data) from parsed arguments; nothing is trained yet."""
     import datasets
-    from peft import LoraConfig
-    from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig
 
-    from backend.device import resolve_device
     from backend.engines import build_segmenter
-    from backend.hub import load_pretrained
 
-    device = resolve_device(args.device)
-    use_bf16 = device.startswith("cuda") if str(args.bf16) == "auto" else str(args.bf16).lower() == "true"
-    dtype = torch.bfloat16 if use_bf16 else torch.float32
-    hint = "--model /path/to/Qwen2.5-VL-3B-Instruct"
-    processor = load_pretrained(AutoProcessor, args.model, "model to train", hint)
-    model = load_pretrained(AutoModelForImageTextToText, args.model, "model to train", hint, dtype=dtype)
+    device, use_bf16, processor, model = load_policy(args)
     segmenter = build_segmenter(args.segmenter, device)
     train = SocioSegData(args.data, args.split, int(args.limit) if args.limit else None)
     good = [i for i in range(len(train)) if train.get(i) is not None]
@@ -198,12 +188,7 @@ def build(args):
         save_steps=int(args.save_steps), seed=int(args.seed), bf16=use_bf16, use_cpu=device == "cpu",
         report_to=["tensorboard"],
         remove_unused_columns=False, loss_type="grpo", disable_dropout=True, save_only_model=False)
-    peft_config = None
-    if args.lora:
-        targets = "|".join(args.lora_targets)
-        peft_config = LoraConfig(r=int(args.lora_r), lora_alpha=int(args.lora_alpha),
-                                 lora_dropout=float(args.lora_dropout), task_type="CAUSAL_LM",
-                                 target_modules=rf"^(?!.*visual).*\.({targets})$")
+    peft_config = lora_config(args)
     rows = datasets.Dataset.from_dict({"prompt": [train.get(i).query for i in good], "index": good})
     Trainer = make_trainer_class()
 
@@ -216,14 +201,13 @@ def build(args):
                       min_pixels=int(args.min_pixels), max_pixels=int(args.max_pixels))
     if args.val_split and int(args.eval_steps) > 0:
         try:
-            val = SocioSegData(args.data, args.val_split)
+            val = SocioSegData(args.data, args.val_split, int(args.eval_samples))
         except RuntimeError as exc:
             log.warning("no validation split (%s); validation is off", exc)
         else:
             import weakref
-            trainer.add_callback(validation_callback(weakref.ref(trainer), val, segmenter,
-                                                     int(args.eval_steps), int(args.eval_samples)))
-    return trainer, train
+            trainer.add_callback(validation_callback(weakref.ref(trainer), val, segmenter, int(args.eval_steps)))
+    return trainer, good
 
 
 def save_final(trainer, output: str) -> str:
@@ -240,21 +224,11 @@ def save_final(trainer, output: str) -> str:
 
 
 def main(argv=None) -> int:
-    args = load_config(argv, "grpo.yaml", "python -m training.grpo", __doc__)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from backend.errors import SocioSegError
-    try:
-        trainer, _ = build(args)
-    except (SocioSegError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    resume = args.resume
-    if resume == "last":
-        resume = True
-    trainer.train(resume_from_checkpoint=resume or None)
-    final = save_final(trainer, args.output)
-    print(f"wrote {final} (use it with --reasoner qwen:{final})")
-    return 0
+    def train(trainer, args):
+        resume = True if args.resume == "last" else args.resume
+        trainer.train(resume_from_checkpoint=resume or None)
+
+    return run_cli(argv, "grpo.yaml", "python -m training.grpo", __doc__, build, train)
 
 
 if __name__ == "__main__":

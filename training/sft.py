@@ -7,14 +7,13 @@ the segmenter's masks, exactly as at inference) answers each box with `points` r
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import numpy as np
 
 from backend.prompts import Item, format_answer, parse_answer, stage1_prompt
 
-from .config import load_config
+from .config import load_policy, lora_config, run_cli
 from .data import SocioSegData, gt_boxes, model_view
 
 log = logging.getLogger("training.sft")
@@ -58,23 +57,13 @@ def examples_for(sample, chat, segmenter, n_points: int, rng) -> list[dict]:
 
 def build(args):
     import datasets
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig, SFTTrainer
 
-    from backend.device import resolve_device
     from backend.engines import build_segmenter
-    from backend.hub import load_pretrained
     from backend.reasoners.qwen import QwenChat
 
-    device = resolve_device(args.device)
-    use_bf16 = device.startswith("cuda") if str(args.bf16) == "auto" else str(args.bf16).lower() == "true"
-    hint = "--model /path/to/Qwen2.5-VL-3B-Instruct"
-    processor = load_pretrained(AutoProcessor, args.model, "model to train", hint)
+    device, use_bf16, processor, model = load_policy(args)
     chat = QwenChat(processor, int(args.min_pixels), int(args.max_pixels))
-    model = load_pretrained(AutoModelForImageTextToText, args.model, "model to train", hint,
-                            dtype=torch.bfloat16 if use_bf16 else torch.float32)
     segmenter = build_segmenter(args.segmenter, device)
     data = SocioSegData(args.data, args.split, int(args.limit) if args.limit else None)
     rng = np.random.default_rng(int(args.seed))
@@ -91,31 +80,15 @@ def build(args):
         save_steps=int(args.save_steps), logging_steps=int(args.logging_steps), seed=int(args.seed),
         bf16=use_bf16, use_cpu=device == "cpu", report_to=["tensorboard"], completion_only_loss=True,
         max_length=None, remove_unused_columns=False)
-    peft_config = None
-    if args.lora:
-        targets = "|".join(args.lora_targets)
-        peft_config = LoraConfig(r=int(args.lora_r), lora_alpha=int(args.lora_alpha),
-                                 lora_dropout=float(args.lora_dropout), task_type="CAUSAL_LM",
-                                 target_modules=rf"^(?!.*visual).*\.({targets})$")
+    peft_config = lora_config(args)
     trainer = SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
                          processing_class=processor, peft_config=peft_config)
     return trainer, rows
 
 
 def main(argv=None) -> int:
-    args = load_config(argv, "sft.yaml", "python -m training.sft", __doc__)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from backend.errors import SocioSegError
-    try:
-        trainer, rows = build(args)
-    except (SocioSegError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    trainer.train()
-    from .grpo import save_final
-    final = save_final(trainer, args.output)
-    print(f"trained on {len(rows)} examples; wrote {final} (use it with --reasoner qwen:{final})")
-    return 0
+    return run_cli(argv, "sft.yaml", "python -m training.sft", __doc__, build,
+                   lambda trainer, args: trainer.train())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the vision-language model. It is an honest baseline, not the paper's method.
 """
 from __future__ import annotations
 
-import json
 import logging
 
 import cv2

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..device import resolve_device
-from ..errors import ModelNotFoundError
 from ..hub import load_pretrained
 from .base import Prompt, Segmentation, pad_points
 
