@@ -52,9 +52,7 @@ def load_scene(satellite: str, map_path: str, *, crs=None, resolution: float = g
     if not valid.any():
         raise InputError("the satellite image has no valid pixels in the requested area")
     if vector:
-        if vmap.crs != grid.crs:
-            vmap = VectorMap.read(map_path, grid.crs)
-        map_rgb = render_map(vmap.features, grid)
+        map_rgb = render_map(vmap.features, grid)    # vmap is already in the grid's CRS (target)
     else:
         vmap = None
         map_rgb, map_valid = geo.read_on_grid(map_path, grid)

@@ -59,9 +59,9 @@ def run_worker(python: str, satellite, map_image, valid, request: dict, progress
             raise WorkerError(f"cannot start the backend's Python {python!r}: {exc}") from None
         lines: queue.Queue = queue.Queue()
         stderr: list[str] = []
-        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)],
-                         daemon=True).start()
-        threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True).start()
+        err_reader = threading.Thread(target=_drain, args=(proc.stderr, stderr.append), daemon=True)
+        threading.Thread(target=_drain, args=(proc.stdout, lines.put, None), daemon=True).start()
+        err_reader.start()
         error = None
         while True:
             if cancel is not None and cancel():
@@ -70,6 +70,8 @@ def run_worker(python: str, satellite, map_image, valid, request: dict, progress
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+                    proc.wait()
+                _close(proc)
                 raise Cancelled("cancelled by the user")
             try:
                 line = lines.get(timeout=0.2)
@@ -83,6 +85,8 @@ def run_worker(python: str, satellite, map_image, valid, request: dict, progress
             elif line.startswith("ERROR "):
                 error = line[6:].strip()
         rc = proc.wait()
+        err_reader.join(timeout=5)
+        _close(proc)
         if rc == 2 and error:
             raise InputError(error)
         if rc != 0:
@@ -92,6 +96,25 @@ def run_worker(python: str, satellite, map_image, valid, request: dict, progress
             return json.load(f)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _drain(stream, put, *end) -> None:
+    """Copy a pipe's lines to `put` (and `end` after the last); a pipe closed on cancel just stops."""
+    try:
+        for line in stream:
+            put(line)
+    except (OSError, ValueError):
+        pass
+    for item in end:
+        put(item)
+
+
+def _close(proc) -> None:
+    for stream in (proc.stdout, proc.stderr):
+        try:
+            stream.close()
+        except OSError:
+            pass
 
 
 def missing_in_worker(python: str, modules: dict[str, str] | None = None) -> list[str] | None:
