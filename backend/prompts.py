@@ -199,7 +199,7 @@ def parse_answer(text: str, width: float, height: float) -> ParsedAnswer:
             else:
                 warnings.append(f"item {i}: point {xy} outside its box dropped")
         items.append(Item((cx1, cy1, cx2, cy2), points))
-    if not items:
+    if not items and value:     # an empty list is a valid "nothing here", not a problem
         warnings.append("answer holds no usable box")
     return ParsedAnswer(raw, items, warnings)
 

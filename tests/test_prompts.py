@@ -116,3 +116,8 @@ def test_format_answer_round_trips():
     a = parse_answer('<answer>[{"bbox_2d": [1, 2, 50, 60], "points": [[3, 4]]}]</answer>', 756, 756)
     again = parse_answer("<answer>" + format_answer(a.items, True) + "</answer>", 756, 756)
     assert again.items == a.items
+
+
+def test_an_empty_list_is_a_quiet_nothing_here():
+    a = parse_answer("<think>none</think><answer>[]</answer>", 756, 756)
+    assert a.raw == "[]" and a.items == [] and a.warnings == [] and not a.ok
