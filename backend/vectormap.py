@@ -18,6 +18,15 @@ log = logging.getLogger(__name__)
 VECTOR_EXTENSIONS = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".kml", ".gml", ".sqlite", ".osm", ".pbf"}
 
 
+def units_per_metre(crs: CRS) -> float:
+    """CRS units in one metre of ground; degrees use the mean metre of a degree (good to ~1% for
+    the sizes used here: buffers of metres and areas of hundreds of square metres)."""
+    if crs.is_geographic:
+        return 1.0 / 111_320.0
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    return 1.0 / factor if factor else 1.0
+
+
 def is_vector_path(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in VECTOR_EXTENSIONS
 

@@ -100,3 +100,15 @@ def test_interior_points_are_deep_inside_and_apart():
     for x, y in pts:
         assert 30 <= y <= 70 and m[int(y), int(x)]
     assert abs(pts[0][0] - pts[1][0]) > 40
+
+
+def test_the_default_works_on_a_geographic_grid(sample_dir):
+    from rasterio.crs import CRS
+    scene = load_scene(os.path.join(sample_dir, "satellite.tif"), os.path.join(sample_dir, "map.gpkg"),
+                       crs=CRS.from_epsg(4326), resolution=1e-5)
+    assert scene.grid.crs.is_geographic
+    for query in ("schools", "parks"):
+        det = detect(scene, query, MapReader(), GrabCutSegmenter())
+        truth = truth_mask_for(os.path.join(sample_dir, "truth.gpkg"), scene.grid, query, None)
+        assert mask_iou(det.mask, truth) > 0.9, query
+        assert all(e.attrs["area_m2"] > 50_000 for e in det.entities)   # geodesic m2, not square degrees

@@ -24,6 +24,7 @@ from ..prompts import Item, ParsedAnswer, format_answer
 from ..query import QuerySpec, name_score, resolve_query
 from ..raster import rasterize
 from ..resources import load_json, resource
+from ..vectormap import units_per_metre
 from .base import QwenFrame, Reply, TileView
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,9 @@ class MapReader(QwenFrame):
                     continue          # the same place is also mapped as an area
                 if blocks is None:
                     blocks = self._blocks(vmap)
-                g = self._area_for_point(g, blocks)
+                g = self._area_for_point(g, blocks, units_per_metre(vmap.crs))
             elif g.geom_type in ("LineString", "MultiLineString"):
-                g = g.buffer(10.0)
+                g = g.buffer(10.0 * units_per_metre(vmap.crs))
             out.append((g, label, s))
         self._vector_cache[key] = out
         return out
@@ -126,16 +127,17 @@ class MapReader(QwenFrame):
         if not roads:
             return []
         merged = shapely.union_all(roads)
-        return [p for p in shapely.get_parts(shapely.polygonize([merged])) if p.area <= MAX_BLOCK_M2]
+        biggest = MAX_BLOCK_M2 * units_per_metre(vmap.crs) ** 2
+        return [p for p in shapely.get_parts(shapely.polygonize([merged])) if p.area <= biggest]
 
     @staticmethod
-    def _area_for_point(pt, blocks) -> shapely.Geometry:
+    def _area_for_point(pt, blocks, metre: float) -> shapely.Geometry:
         for b in blocks:
             if b.contains(pt):
                 # The carriageway is not part of the place: pull the block edge in by half a road.
-                inner = b.buffer(-5.0)
+                inner = b.buffer(-5.0 * metre)
                 return inner if not inner.is_empty else b
-        return pt.buffer(POINT_BOX_M / 2, cap_style="square")
+        return pt.buffer(POINT_BOX_M / 2 * metre, cap_style="square")
 
     def _vector_items(self, view: TileView, spec: QuerySpec) -> tuple[list[Item], list[str], list[np.ndarray]]:
         h, w = view.map_image.shape[:2]
@@ -145,7 +147,7 @@ class MapReader(QwenFrame):
         items, labels, masks = [], [], []
         for geom, label, _ in self._candidates(spec, view.map_features):
             part = geom.intersection(tile_poly)
-            if part.is_empty or part.area < max(MIN_AREA_M2, 20 * px_area):
+            if part.is_empty or part.area < max(MIN_AREA_M2 * units_per_metre(view.crs) ** 2, 20 * px_area):
                 continue
             m = rasterize([part], (h, w), t)
             if not m.any():
@@ -181,7 +183,7 @@ class MapReader(QwenFrame):
         items, names, masks = [], [], []
         for k in range(1, n + 1):
             comp = ndimage.binary_fill_holes(labels == k)   # buildings and labels drawn over the area
-            if comp.sum() * px_area < max(MIN_AREA_M2, 400.0):
+            if comp.sum() * px_area < 400.0 * units_per_metre(view.crs) ** 2:
                 continue
             ys, xs = np.nonzero(comp)
             items.append(Item((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))))
