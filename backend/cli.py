@@ -144,7 +144,8 @@ def cmd_detect(args) -> int:
         label = a["name"] or "(unnamed)"
         print(f"  - {label}: {a['area_m2']:.0f} m2" + (f"  [{a['note']}]" if a["note"] else ""))
     if args.truth:
-        from .truth import mask_iou, truth_mask_for
+        from .metrics import mask_iou
+        from .truth import truth_mask_for
         truth = truth_mask_for(args.truth, g, args.query, args.task)
         print(f"IoU against {args.truth}: {mask_iou(result.mask, truth):.3f} "
               f"(truth {int(truth.sum())} px, detected {int(result.mask.sum())} px)")

@@ -11,8 +11,6 @@ from .errors import InputError
 
 DEFAULT_REASONER = "mapreader"
 DEFAULT_SEGMENTER = "grabcut"
-PAPER_REASONER = "qwen"
-PAPER_SEGMENTER = "sam2"
 
 
 @dataclass(frozen=True)

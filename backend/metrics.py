@@ -22,9 +22,10 @@ MIN_INSTANCE_PX = 10
 MATCH_IOU = 0.5
 
 
-def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+def mask_iou(pred: np.ndarray, gt: np.ndarray, empty: float = 1.0) -> float:
+    """IoU of two masks; `empty` when both are empty (1 for the metrics, 0 for the GRPO reward)."""
     inter, union = _inter_union(pred, gt)
-    return inter / union if union else 1.0
+    return inter / union if union else empty
 
 
 def _inter_union(pred, gt) -> tuple[int, int]:

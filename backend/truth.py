@@ -23,8 +23,3 @@ def truth_mask_for(path: str, grid, query: str, task: str | None) -> np.ndarray:
     if not geoms:
         return np.zeros((grid.height, grid.width), bool)
     return rasterize(geoms, (grid.height, grid.width), grid.transform)
-
-
-def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    union = np.logical_or(pred, truth).sum()
-    return float(np.logical_and(pred, truth).sum() / union) if union else 1.0

@@ -8,7 +8,8 @@ from backend.errors import InputError
 from backend.query import resolve_query
 from backend.reasoners.mapreader import MapReader, interior_points
 from backend.segmenters.grabcut import GrabCutSegmenter
-from backend.truth import mask_iou, truth_mask_for
+from backend.metrics import mask_iou
+from backend.truth import truth_mask_for
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,24 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-THINK_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.S)
-ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+from backend.metrics import mask_iou
+from backend.prompts import ANSWER_RE, THINK_ANSWER_RE
+
 MAX_BOXES = 120
 VARIANTS = ("code", "paper")
 
 
 def format_ok(completion: str) -> bool:
-    return bool(THINK_ANSWER.fullmatch(completion.strip()))
+    return bool(THINK_ANSWER_RE.fullmatch(completion.strip()))
 
 
 def answer_list(text: str):
     """The JSON list inside <answer> tags (or `text` itself when it has no tags); None if not a list."""
-    m = ANSWER.search(text)
+    m = ANSWER_RE.search(text)
     raw = m.group(1) if m else text
     try:
         value = json.loads(raw.strip())
@@ -90,12 +90,6 @@ def stage1_rewards(completion: str, gt_boxes: list[list[float]], variant: str = 
     return {"format": fmt, "accuracy": acc, "length": length, "total": total}
 
 
-def mask_iou(pred, gt) -> float:
-    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
-    union = np.logical_or(p, g).sum()
-    return float(np.logical_and(p, g).sum() / union) if union else 0.0
-
-
 def stage2_rewards(completion: str, stage1_answer: str, pred_mask, gt_mask, variant: str = "code") -> dict:
     """{'format', 'accuracy', 'length', 'total'} of a stage-2 (points) completion.
 
@@ -125,7 +119,7 @@ def stage2_rewards(completion: str, stage1_answer: str, pred_mask, gt_mask, vari
         pts = it.get("points") if isinstance(it, dict) else None
         lengths.append(math.exp(-((len(pts) - 2) ** 2) / (2 * 2.0 ** 2)) if isinstance(pts, list) and pts else 0.0)
     length = float(np.mean(lengths)) if lengths else 0.0
-    acc = mask_iou(pred_mask, gt_mask)
+    acc = mask_iou(pred_mask, gt_mask, empty=0.0)
     total = fmt + acc + length
     if variant == "paper" and not fmt_match:
         total = 0.0

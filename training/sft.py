@@ -19,7 +19,7 @@ from .data import SocioSegData, gt_boxes, model_view
 log = logging.getLogger("training.sft")
 
 
-def interior_points(mask: np.ndarray, box, n: int, rng) -> list[tuple[float, float]]:
+def random_interior_points(mask: np.ndarray, box, n: int, rng) -> list[tuple[float, float]]:
     """`n` random mask pixels strictly inside `box` (the box centre when the mask has none there)."""
     x1, y1, x2, y2 = box
     ys, xs = np.nonzero(mask)
@@ -43,7 +43,7 @@ def examples_for(sample, chat, segmenter, n_points: int, rng) -> list[dict]:
     segmenter.set_image(sat_m)
     a1 = parse_answer(text1, sat_m.shape[1], sat_m.shape[0])
     _, _, map_r, sat_r, p2 = stage2_inputs(sample.query, map_m, sat_m, a1, segmenter)
-    items2 = [Item(tuple(b), interior_points(gt, b, n_points, rng)) for b in boxes]
+    items2 = [Item(tuple(b), random_interior_points(gt, b, n_points, rng)) for b in boxes]
     text2 = f"<answer>{format_answer(items2, with_points=True)}</answer>"
 
     def example(images, prompt, completion):
