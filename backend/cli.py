@@ -44,7 +44,7 @@ def _generation(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import geo
+    from .geo import grid as geo
 
     ap = argparse.ArgumentParser(prog="python -m backend",
                                  description="Find socially defined places (schools, parks, named places) "
@@ -97,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_detect(args) -> int:
-    from .detect import detect, load_scene
+    from .pipeline.detect import detect, load_scene
     from .engines import build_reasoner, build_segmenter
-    from .geo import parse_crs
-    from .output import driver_for, write_detection
-    from .preview import write_preview
+    from .geo.grid import parse_crs
+    from .output.vectors import driver_for, write_detection
+    from .output.preview import write_preview
 
     driver_for(args.out)  # fail on a bad extension before any work
     if os.path.exists(args.out) and not args.overwrite:
@@ -144,8 +144,8 @@ def cmd_detect(args) -> int:
         label = a["name"] or "(unnamed)"
         print(f"  - {label}: {a['area_m2']:.0f} m2" + (f"  [{a['note']}]" if a["note"] else ""))
     if args.truth:
-        from .metrics import mask_iou
-        from .truth import truth_mask_for
+        from .evaluation.metrics import mask_iou
+        from .evaluation.truth import truth_mask_for
         truth = truth_mask_for(args.truth, g, args.query, args.task)
         print(f"IoU against {args.truth}: {mask_iou(result.mask, truth):.3f} "
               f"(truth {int(truth.sum())} px, detected {int(result.mask.sum())} px)")
@@ -166,14 +166,14 @@ def cmd_info(args) -> int:
 
 
 def cmd_selftest(args) -> int:
-    from .selftest import run_selftest
+    from .selftest.run import run_selftest
 
     return 0 if run_selftest(models_dir=args.models_dir, dump_dir=args.dump) else 1
 
 
 def cmd_sample(args) -> int:
     from .resources import SAMPLE_DIR
-    from .sample import write_sample
+    from .synth.sample import write_sample
 
     out = args.out or SAMPLE_DIR
     print(write_sample(out), "->", out)
@@ -181,7 +181,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .sample import write_socioseg
+    from .synth.sample import write_socioseg
 
     ids = write_socioseg(args.out, args.count, args.split, args.seed)
     print(f"wrote {len(ids)} samples to {os.path.join(args.out, args.split)}")

@@ -32,10 +32,10 @@ def load_scene_folder(folder: str):
     from rasterio.crs import CRS
     import shapely
 
-    from .detect import Scene
-    from .geo import Grid
-    from .tiles import tile_layout
-    from .vectormap import Feature, VectorMap
+    from .pipeline.detect import Scene
+    from .geo.grid import Grid
+    from .geo.tiles import tile_layout
+    from .geo.vectormap import Feature, VectorMap
 
     with open(os.path.join(folder, REQUEST), encoding="utf-8") as f:
         req = json.load(f)
@@ -54,7 +54,7 @@ def load_scene_folder(folder: str):
 
 
 def run_scene(folder: str) -> dict:
-    from .detect import detect
+    from .pipeline.detect import detect
     from .engines import build_reasoner, build_segmenter
     from .reasoners.qwen import GenerationSettings
 

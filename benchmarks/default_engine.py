@@ -18,16 +18,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from backend.detect import Scene, detect  # noqa: E402
+from backend.pipeline.detect import Scene, detect  # noqa: E402
 from backend.errors import InputError  # noqa: E402
-from backend.geo import tile_layout  # noqa: E402
-from backend.maprender import render_map  # noqa: E402
-from backend.metrics import Scoreboard, format_table  # noqa: E402
+from backend.geo.grid import tile_layout  # noqa: E402
+from backend.geo.maprender import render_map  # noqa: E402
+from backend.evaluation.metrics import Scoreboard, format_table  # noqa: E402
 from backend.reasoners.mapreader import MapReader  # noqa: E402
-from backend.sample import synthetic_case  # noqa: E402
+from backend.synth.sample import synthetic_case  # noqa: E402
 from backend.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
-from backend.synth import render_satellite, truth_mask  # noqa: E402
-from backend.vectormap import VectorMap  # noqa: E402
+from backend.synth.town import render_satellite, truth_mask  # noqa: E402
+from backend.geo.vectormap import VectorMap  # noqa: E402
 
 
 def main() -> int:

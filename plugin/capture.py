@@ -124,7 +124,7 @@ def capture_scene(sat_layer, map_layer, extent: QgsRectangle, crs, resolution_m:
     import numpy as np
 
     from ..backend.errors import InputError
-    from ..backend.tiles import tile_layout
+    from ..backend.geo.tiles import tile_layout
 
     if sat_layer is None or not sat_layer.isValid():
         raise InputError("choose a valid satellite layer")

@@ -14,7 +14,7 @@ QUERY_PROPERTY = "socioseg/query"
 
 
 def _fields() -> QgsFields:
-    from ..backend.schema import FIELDS
+    from ..backend.output.schema import FIELDS
 
     kinds = {str: QVariant.String, int: QVariant.Int, float: QVariant.Double}
     fields = QgsFields()
@@ -30,7 +30,7 @@ def layer_name(query: str, reasoner_spec: str) -> str:
 
 def features_from(result: dict, fields: QgsFields) -> list[QgsFeature]:
     """QGIS features (multipolygons) of a worker result."""
-    from ..backend.schema import FIELDS
+    from ..backend.output.schema import FIELDS
 
     out = []
     for e in result["entities"]:

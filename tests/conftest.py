@@ -10,7 +10,6 @@ from backend.resources import SAMPLE_DIR  # noqa: E402
 
 
 
-
 @pytest.fixture(scope="session")
 def sample_dir():
     return SAMPLE_DIR
@@ -19,8 +18,8 @@ def sample_dir():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Tiny Qwen2.5-VL (fitted to answer on the sample tile), SAM 2 and SAM, saved like real ones."""
-    from backend.selftest import fitting_examples, sample_scene
-    from backend.tiny import save_models
+    from backend.selftest.run import fitting_examples, sample_scene
+    from backend.selftest.tiny import save_models
 
     scene = sample_scene()
     specs = save_models(str(tmp_path_factory.mktemp("models")), fitting_examples(scene))
@@ -50,7 +49,7 @@ def town_socioseg(tiny_models, tmp_path_factory):
     import numpy as np
     from PIL import Image
 
-    from backend.truth import truth_mask_for
+    from backend.evaluation.truth import truth_mask_for
 
     scene = tiny_models["scene"]
     root = tmp_path_factory.mktemp("socioseg_town")

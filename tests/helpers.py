@@ -65,7 +65,7 @@ class ScriptedReasoner:
         return Reply(self.s1(view) if callable(self.s1) else self.s1)
 
     def stage2(self, view, prompt, rmap, rsat, stage1):
-        from backend.prompts import format_answer
+        from backend.pipeline.prompts import format_answer
         from backend.reasoners.base import Reply
 
         if self.s2 is None:   # repeat the boxes with their centre as the point

@@ -6,8 +6,8 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.crs import CRS
 
-from backend import geo
-from backend.detect import detect, load_scene, vectorise
+from backend.geo import grid as geo
+from backend.pipeline.detect import detect, load_scene, vectorise
 from backend.errors import InputError
 from backend.reasoners.mapreader import MapReader
 from helpers import FillBoxSegmenter, ScriptedReasoner, write_raster
@@ -38,7 +38,7 @@ def test_known_mask_lands_on_known_coordinates(epsg, origin, res):
 
 
 def test_area_attribute_is_geodesic_in_every_crs():
-    from backend.output import geodesic_area_m2
+    from backend.output.vectors import geodesic_area_m2
     sq = shapely.box(500_000, 4_057_000, 500_100, 4_057_100)
     a_utm = geodesic_area_m2(sq, CRS.from_epsg(32650))
     tr = Transformer.from_crs(32650, 4326, always_xy=True)

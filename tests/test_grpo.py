@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.prompts import parse_answer
+from backend.pipeline.prompts import parse_answer
 from helpers import ScriptedReasoner
 
 G = 4
@@ -63,8 +63,8 @@ def test_stage2_prompts_and_images_are_the_inference_ones(trainer, batch, tiny_m
     from affine import Affine
     from rasterio.crs import CRS
 
-    from backend.geo import Tile
-    from backend.pipeline import run_tile
+    from backend.geo.grid import Tile
+    from backend.pipeline.stages import run_tile
     from training.data import model_view
     (ro,) = trainer.last_rollouts
     sample = trainer.socio_data.get(0)

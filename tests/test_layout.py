@@ -26,6 +26,6 @@ def test_backend_has_no_qt_or_qgis():
 
 
 def test_importing_backend_cli_does_not_import_torch():
-    code = "import sys, backend.cli, backend.detect, backend.engines; print('torch' in sys.modules)"
+    code = "import sys, backend.cli, backend.pipeline.detect, backend.engines; print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr

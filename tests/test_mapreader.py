@@ -3,13 +3,13 @@ import os
 
 import pytest
 
-from backend.detect import detect, load_scene
+from backend.pipeline.detect import detect, load_scene
 from backend.errors import InputError
-from backend.query import resolve_query
+from backend.pipeline.query import resolve_query
 from backend.reasoners.mapreader import MapReader, interior_points
 from backend.segmenters.grabcut import GrabCutSegmenter
-from backend.metrics import mask_iou
-from backend.truth import truth_mask_for
+from backend.evaluation.metrics import mask_iou
+from backend.evaluation.truth import truth_mask_for
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_vector_default_finds_the_sample_with_high_iou(vector_scene, sample_dir,
 
 
 def test_point_only_school_takes_its_street_block(vector_scene, sample_dir):
-    from backend.vectormap import VectorMap
+    from backend.geo.vectormap import VectorMap
     t = VectorMap.read(os.path.join(sample_dir, "truth.gpkg"), vector_scene.grid.crs)
     point_school = next(f for f in t.features if f.props["mapped_as"] == "point")
     det = detect(vector_scene, point_school.props["name"], MapReader(), GrabCutSegmenter(), task="name")

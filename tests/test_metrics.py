@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from backend.metrics import Scoreboard, Tally, instances, match_instances, mask_iou
+from backend.evaluation.metrics import Scoreboard, Tally, instances, match_instances, mask_iou
 
 
 def _box(shape, r0, r1, c0, c1):

@@ -6,7 +6,7 @@ import shapely
 from rasterio.crs import CRS
 
 from backend.errors import InputError
-from backend.output import FIELDS, write_entities
+from backend.output.vectors import FIELDS, write_entities
 
 POLY = shapely.Polygon([(500_000, 4_057_000), (500_100, 4_057_000), (500_100, 4_057_050), (500_000, 4_057_050)],
                        [[(500_010, 4_057_010), (500_020, 4_057_010), (500_020, 4_057_020), (500_010, 4_057_020)]])

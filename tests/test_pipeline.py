@@ -7,10 +7,10 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from backend.detect import detect, load_scene
-from backend.geo import Tile
-from backend.pipeline import run_tile
-from backend.prompts import stage2_prompt
+from backend.pipeline.detect import detect, load_scene
+from backend.geo.grid import Tile
+from backend.pipeline.stages import run_tile
+from backend.pipeline.prompts import stage2_prompt
 from helpers import FillBoxSegmenter, ScriptedReasoner
 
 T = Affine(1, 0, 500_000, 0, -1, 4_057_000)

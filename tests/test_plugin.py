@@ -131,7 +131,7 @@ def test_task_on_the_sample_gives_a_styled_layer_in_the_right_place(plugin_pkg, 
     assert all(f["area_m2"] > 100_000 and f["reasoner"] == "mapreader" for f in feats)
     # geometry: compare with the sample's truth
     import shapely
-    from backend.vectormap import VectorMap
+    from backend.geo.vectormap import VectorMap
     from rasterio.crs import CRS
     truth = VectorMap.read(os.path.join(sample_dir, "truth.gpkg"), CRS.from_epsg(32650))
     parks = shapely.union_all([f.geometry for f in truth.features if f.props["class"] == "park"])

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.prompts import (ParsedAnswer, format_answer, parse_answer, smart_resize, stage1_prompt,
+from backend.pipeline.prompts import (ParsedAnswer, format_answer, parse_answer, smart_resize, stage1_prompt,
                              stage2_prompt)
 
 from helpers import REFERENCE

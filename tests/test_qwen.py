@@ -5,7 +5,7 @@ import torch
 
 from backend.engines import build_reasoner, parse_reasoner
 from backend.errors import ModelNotFoundError
-from backend.prompts import stage1_prompt
+from backend.pipeline.prompts import stage1_prompt
 from backend.reasoners.qwen import DEFAULT_VLM, GenerationSettings
 
 
@@ -51,9 +51,9 @@ def test_authors_sampling_settings():
 
 
 def test_fitted_tiny_model_answers_in_the_released_format(tiny_models):
-    from backend.prompts import parse_answer
+    from backend.pipeline.prompts import parse_answer
     scene = tiny_models["scene"]
-    from backend.selftest import fitting_examples
+    from backend.selftest.run import fitting_examples
     m, s, prompt, target = fitting_examples(scene)[0]
     r = build_reasoner(tiny_models["reasoner"], "cpu")
     out = r.generate(m, s, prompt)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from backend.render import render_overlay
+from backend.pipeline.render import render_overlay
 
 
 def test_overlay_is_red_at_alpha_04_with_blue_2px_boxes():

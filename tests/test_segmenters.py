@@ -4,7 +4,7 @@ import pytest
 
 from backend.engines import build_segmenter
 from backend.errors import InputError, ModelNotFoundError
-from backend.pipeline import run_tile
+from backend.pipeline.stages import run_tile
 from backend.segmenters.base import Prompt
 from backend.segmenters.grabcut import GrabCutSegmenter
 from helpers import ScriptedReasoner
@@ -51,7 +51,7 @@ def test_sam2_picks_the_highest_scoring_multimask(tiny_models, monkeypatch):
 
 @pytest.mark.parametrize("key", ["sam2", "sam"])
 def test_embedding_computed_once_per_tile_and_one_call_per_stage(tiny_models, key, monkeypatch):
-    from backend.geo import Tile
+    from backend.geo.grid import Tile
     from affine import Affine
     from rasterio.crs import CRS
 

@@ -4,13 +4,13 @@ import os
 
 import numpy as np
 
-from backend.prompts import parse_answer, stage2_prompt
+from backend.pipeline.prompts import parse_answer, stage2_prompt
 
 
 def test_sft_targets_are_gt_boxes_and_three_inside_points(tiny_models, town_socioseg):
     from backend.engines import build_segmenter
     from backend.reasoners.qwen import QwenChat
-    from backend.tiny import build_tiny_vlm
+    from backend.selftest.tiny import build_tiny_vlm
     from training.data import SocioSegData, gt_boxes, model_view
     from training.rewards import stage2_rewards
     from training.sft import examples_for
@@ -45,7 +45,7 @@ def test_sft_smoke_run_writes_a_loadable_model(tiny_models, town_socioseg, tmp_p
 
 
 def test_evaluate_runs_the_default_and_scores_saved_masks(tmp_path, capsys):
-    from backend.sample import write_socioseg
+    from backend.synth.sample import write_socioseg
     from training.evaluate import main
     write_socioseg(str(tmp_path / "data"), 4, "test", seed=3)
     out, pred = tmp_path / "eval.json", tmp_path / "pred"

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from backend.prompts import smart_resize
+from backend.pipeline.prompts import smart_resize
 
 log = logging.getLogger(__name__)
 LEVEL_KEYS = ("task", "level", "task_level", "type")
@@ -141,7 +141,7 @@ class SocioSegData:
 
 def model_view(sample: Sample, frame=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Map, satellite and mask at the model's input size (what the model and the rewards see)."""
-    from backend.pipeline import resize_rgb
+    from backend.pipeline.stages import resize_rgb
 
     h, w = sample.sat_image.shape[:2]
     mh, mw = frame.input_size(h, w) if frame is not None else smart_resize(h, w)

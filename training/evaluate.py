@@ -18,7 +18,7 @@ from affine import Affine
 from PIL import Image
 
 from backend.errors import SocioSegError
-from backend.metrics import Scoreboard, format_table
+from backend.evaluation.metrics import Scoreboard, format_table
 
 from .data import SocioSegData
 
@@ -29,8 +29,8 @@ def predict(sample, reasoner, segmenter):
     """(mask at the sample's size, stage-1 response, stage-2 response, note) for one sample."""
     from rasterio.crs import CRS
 
-    from backend.geo import Tile
-    from backend.pipeline import run_tile
+    from backend.geo.grid import Tile
+    from backend.pipeline.stages import run_tile
 
     h, w = sample.sat_image.shape[:2]
     try:

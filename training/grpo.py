@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from backend.prompts import MAX_PIXELS, MIN_PIXELS
+from backend.pipeline.prompts import MAX_PIXELS, MIN_PIXELS
 
 from .config import load_policy, lora_config, run_cli
 from .data import SocioSegData, gt_boxes, model_view

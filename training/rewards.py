@@ -11,8 +11,8 @@ import math
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from backend.metrics import mask_iou
-from backend.prompts import ANSWER_RE, THINK_ANSWER_RE
+from backend.evaluation.metrics import mask_iou
+from backend.pipeline.prompts import ANSWER_RE, THINK_ANSWER_RE
 
 MAX_BOXES = 120
 VARIANTS = ("code", "paper")

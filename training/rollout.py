@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from backend.pipeline import stage2_inputs
-from backend.prompts import parse_answer, stage1_prompt
+from backend.pipeline.stages import stage2_inputs
+from backend.pipeline.prompts import parse_answer, stage1_prompt
 from backend.segmenters.base import Prompt, union
 
 from .rewards import stage1_rewards, stage2_rewards

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from backend.prompts import Item, format_answer, parse_answer, stage1_prompt
+from backend.pipeline.prompts import Item, format_answer, parse_answer, stage1_prompt
 
 from .config import load_policy, lora_config, run_cli
 from .data import SocioSegData, gt_boxes, model_view
@@ -34,7 +34,7 @@ def random_interior_points(mask: np.ndarray, box, n: int, rng) -> list[tuple[flo
 def examples_for(sample, chat, segmenter, n_points: int, rng) -> list[dict]:
     from PIL import Image
 
-    from backend.pipeline import stage2_inputs
+    from backend.pipeline.stages import stage2_inputs
 
     map_m, sat_m, gt = model_view(sample, chat)
     boxes = gt_boxes(gt)

@@ -12,7 +12,7 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from ..prompts import MAX_PIXELS, MIN_PIXELS, ParsedAnswer, smart_resize
+from ..pipeline.prompts import MAX_PIXELS, MIN_PIXELS, ParsedAnswer, smart_resize
 
 
 @dataclass

@@ -19,12 +19,12 @@ import shapely
 from scipy import ndimage
 
 from ..errors import InputError
-from ..maprender import hex_rgb
-from ..prompts import Item, ParsedAnswer, format_answer
-from ..query import QuerySpec, name_score, resolve_query
-from ..raster import rasterize
+from ..geo.maprender import hex_rgb
+from ..pipeline.prompts import Item, ParsedAnswer, format_answer
+from ..pipeline.query import QuerySpec, name_score, resolve_query
+from ..geo.raster import rasterize
 from ..resources import load_json, resource
-from ..vectormap import units_per_metre
+from ..geo.vectormap import units_per_metre
 from .base import QwenFrame, Reply, TileView
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from PIL import Image
 from ..device import default_dtype, resolve_device
 from ..errors import InputError
 from ..hub import load_pretrained
-from ..prompts import MAX_PIXELS, MIN_PIXELS, ParsedAnswer
+from ..pipeline.prompts import MAX_PIXELS, MIN_PIXELS, ParsedAnswer
 from .base import QwenFrame, Reply, TileView
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from affine import Affine
 from rasterio.crs import CRS
 from shapely.geometry import LineString, Point, box
 
-from .geo import Grid
-from .maprender import render_map
-from .raster import rasterize
-from .vectormap import Feature
+from ..geo.grid import Grid
+from ..geo.maprender import render_map
+from ..geo.raster import rasterize
+from ..geo.vectormap import Feature
 
 # Jinan, Shandong: WGS 84 / UTM zone 50N (the SocioSeg cities are Chinese).
 SAMPLE_CRS = CRS.from_epsg(32650)

@@ -22,10 +22,10 @@ QUERY = "school"
 
 def sample_scene(tile: int = 768):
     """The bundled sample cut to one tile centred on an area-mapped school."""
-    from .detect import load_scene
-    from .resources import SAMPLE_DIR
-    from .vectormap import VectorMap
-    from .geo import raster_footprint, default_crs
+    from ..pipeline.detect import load_scene
+    from ..resources import SAMPLE_DIR
+    from ..geo.vectormap import VectorMap
+    from ..geo.grid import raster_footprint, default_crs
 
     sat = os.path.join(SAMPLE_DIR, "satellite.tif")
     crs = default_crs(*raster_footprint(sat))
@@ -40,10 +40,10 @@ def sample_scene(tile: int = 768):
 
 def fitting_examples(scene) -> list[tuple]:
     """What the map reader + GrabCut see and answer on the scene's first tile, as VLM targets."""
-    from .pipeline import run_tile
-    from .reasoners.mapreader import MapReader
-    from .render import render_overlay
-    from .segmenters.grabcut import GrabCutSegmenter
+    from ..pipeline.stages import run_tile
+    from ..reasoners.mapreader import MapReader
+    from ..pipeline.render import render_overlay
+    from ..segmenters.grabcut import GrabCutSegmenter
 
     tile = scene.tiles[0]
     rows, cols = tile.slices
@@ -64,9 +64,9 @@ def fitting_examples(scene) -> list[tuple]:
 def run_selftest(models_dir: str | None = None, dump_dir: str | None = None, device: str = "cpu") -> bool:
     import pyogrio
 
-    from .detect import detect
-    from .engines import build_reasoner, build_segmenter
-    from .output import write_detection
+    from ..pipeline.detect import detect
+    from ..engines import build_reasoner, build_segmenter
+    from ..output.vectors import write_detection
     from .tiny import save_models
 
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .render import draw_outlines, side_by_side
+from ..pipeline.render import draw_outlines, side_by_side
 
 MAX_WIDTH = 2400
 

@@ -12,7 +12,7 @@ import shapely
 from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 
-from .errors import InputError
+from ..errors import InputError
 from .schema import FIELDS
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON"}

@@ -17,7 +17,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
-from .errors import InputError
+from ..errors import InputError
 from .tiles import DEFAULT_MAX_TILES, DEFAULT_OVERLAP, DEFAULT_TILE, Tile, tile_layout  # noqa: F401
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,13 @@ import numpy as np
 import shapely
 from scipy import ndimage
 
-from . import geo
-from .errors import InputError
-from .maprender import render_map
-from .output import geodesic_area_m2
-from .raster import polygons
-from .pipeline import CancelCheck, Progress, TileResult, _check, dump_tile, run_tile
-from .vectormap import VectorMap, is_vector_path
+from ..geo import grid as geo
+from ..errors import InputError
+from ..geo.maprender import render_map
+from ..output.vectors import geodesic_area_m2
+from ..geo.raster import polygons
+from .stages import CancelCheck, Progress, TileResult, _check, dump_tile, run_tile
+from ..geo.vectormap import VectorMap, is_vector_path
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
-from .geo import Grid
-from .maprender import render_map
-from .synth import SAMPLE_CRS, Town, make_town, render_satellite, truth_mask
-from .vectormap import Feature, _reproject
+from ..geo.grid import Grid
+from ..geo.maprender import render_map
+from .town import SAMPLE_CRS, Town, make_town, render_satellite, truth_mask
+from ..geo.vectormap import Feature, _reproject
 
 SAMPLE_SEED = 7
 SAMPLE_SIZE_M = (1600.0, 1100.0)

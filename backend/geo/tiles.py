@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_TILE = 768
 DEFAULT_OVERLAP = 128

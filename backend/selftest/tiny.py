@@ -14,8 +14,8 @@ import os
 import time
 
 
-from .prompts import stage1_prompt, stage2_prompt
-from .resources import resource
+from ..pipeline.prompts import stage1_prompt, stage2_prompt
+from ..resources import resource
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def supervised_batch(chat, examples, device="cpu"):
     prompt_enc = chat.encode(pairs)
     full_texts = [chat.chat_text(p) + t + "<|im_end|>" for _, _, p, t in examples]
     images = [im for m, s, _ in pairs for im in (m, s)]
-    from .reasoners.qwen import to_pil
+    from ..reasoners.qwen import to_pil
     enc = chat.processor(text=full_texts, images=[to_pil(i) for i in images], return_tensors="pt",
                          padding=True)
     labels = enc["input_ids"].clone()
@@ -106,7 +106,7 @@ def fit_vlm(model, processor, examples, max_steps: int = 120, lr: float = 1e-2, 
     """Fit the tiny VLM until greedy decoding reproduces every target (or `max_steps`); returns steps."""
     import torch
 
-    from .reasoners.qwen import QwenChat
+    from ..reasoners.qwen import QwenChat
 
     chat = QwenChat(processor)
     batch = supervised_batch(chat, examples)
@@ -165,7 +165,7 @@ def build_tiny_sam(path: str, seed: int = 0) -> str:
     """Save a `vit_tiny` segment-anything checkpoint at `path`."""
     import torch
 
-    from .segmenters.sam import _registry
+    from ..segmenters.sam import _registry
 
     torch.manual_seed(seed)
     model = _registry()["vit_tiny"](checkpoint=None)

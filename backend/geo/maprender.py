@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import shapely
 
-from .geo import Grid
+from .grid import Grid
 from .raster import rasterize
 
 BACKGROUND = (242, 239, 233)

@@ -6,8 +6,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from .errors import InputError
-from .resources import load_json, resource
+from ..errors import InputError
+from ..resources import load_json, resource
 
 TASKS = ("name", "class", "function")
 _LEAD = re.compile(r"^(please\s+)?(find|show|detect|locate|segment|search for|where are|where is|get)\s+(me\s+)?"

@@ -17,12 +17,12 @@ import numpy as np
 from affine import Affine
 from PIL import Image
 
-from .errors import Cancelled
-from .geo import Grid, Tile
+from ..errors import Cancelled
+from ..geo.grid import Grid, Tile
 from .prompts import ParsedAnswer, parse_answer, stage1_prompt, stage2_prompt
-from .reasoners.base import Reasoner, TileView
+from ..reasoners.base import Reasoner, TileView
 from .render import render_overlay
-from .segmenters.base import Prompt, Segmenter, union
+from ..segmenters.base import Prompt, Segmenter, union
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import shapely
 from pyproj import Transformer
 from rasterio.crs import CRS
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

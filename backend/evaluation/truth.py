@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .query import name_score, normalise, resolve_query
-from .raster import rasterize
-from .vectormap import VectorMap
+from ..pipeline.query import name_score, normalise, resolve_query
+from ..geo.raster import rasterize
+from ..geo.vectormap import VectorMap
 
 
 def truth_mask_for(path: str, grid, query: str, task: str | None) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Scoring: the paper's metrics and truth from vector files."""

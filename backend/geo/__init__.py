@@ -1,0 +1,1 @@
+"""Georeferenced grids, tiles, raster and vector map I/O."""

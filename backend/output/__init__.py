@@ -1,0 +1,1 @@
+"""Detected places as files: vector output, previews, the attribute table."""

@@ -1,0 +1,1 @@
+"""Synthetic towns and the bundled sample (they prove the machinery, not quality)."""
