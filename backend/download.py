@@ -1,0 +1,253 @@
+"""`python -m backend download REPO_ID --dest DIR`: fetch a model from the Hugging Face hub into a folder.
+
+Run by the QGIS plugin in the backend's own Python (huggingface_hub lives there, not in QGIS). Lines on
+stdout, in the worker's format so one reader serves both:
+    SIZE <bytes> <files>            the size, stated before anything is fetched (`--size-only` stops here)
+    PROGRESS <0..1> <text>          while downloading
+    DONE <folder>                   every file is there
+    ERROR <text>                    something the user can act on (exit code 2), e.g. offline
+Interrupted downloads resume. huggingface_hub gives the file list, sizes, checksums, the download URL and
+the auth headers; the bytes are fetched here with HTTP range requests into DIR/.partial/, because recent
+huggingface_hub versions write each attempt to a process-unique temporary file and delete it on failure,
+so a download stopped by Cancel (the plugin terminates this process) or a dropped line would start over.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from .errors import ModelNotFoundError, SocioSegError
+
+MARKER = ".socioseg-download.json"
+PARTIAL = ".partial"
+CHUNK = 1 << 20
+# When a repo has safetensors weights, the same weights in other formats are dead weight on disk.
+DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf")
+REACH_TIMEOUT = 3.0
+
+
+def _emit(line: str) -> None:
+    print(line, flush=True)
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
+
+
+def check_online(endpoint: str) -> None:
+    """Fail at once, with one short timeout, instead of hanging in retries when there is no network."""
+    if _offline_env():
+        raise ModelNotFoundError("offline: HF_HUB_OFFLINE is set, so nothing can be downloaded. Unset it, or "
+                                 "download the model on a machine with internet access and enter its folder "
+                                 "in Settings.")
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # only the proxy knows whether the hub is reachable; the request's own timeout decides
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=REACH_TIMEOUT).close()
+    except OSError as exc:
+        raise ModelNotFoundError(f"offline: cannot reach {endpoint} ({exc.strerror or exc}). Connect to the "
+                                 "internet and press Download again, or download the model elsewhere and enter "
+                                 "its folder in Settings.") from None
+
+
+def _network_errors() -> tuple:
+    """Timeouts and dropped connections: requests' errors are OSErrors, httpx's (huggingface_hub >= 1) not."""
+    errors: tuple = (OSError,)
+    try:
+        import httpx
+        errors += (httpx.HTTPError,)
+    except ImportError:
+        pass
+    return errors
+
+
+@dataclass
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str | None = None      # known for LFS files (the weights)
+
+
+def plan(repo_id: str, revision: str | None = None) -> tuple[str, list[RemoteFile], list[str]]:
+    """(commit, files to fetch, skipped duplicate-weight files) from the hub's file list."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=15)
+    except GatedRepoError:
+        raise ModelNotFoundError(f"{repo_id} needs an accepted licence and a Hugging Face token: accept it on "
+                                 f"the model's page and run `huggingface-cli login` in the backend's Python.") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise ModelNotFoundError(f"no model {repo_id!r} on the hub: check the model id in Settings.") from None
+    except HfHubHTTPError as exc:
+        raise ModelNotFoundError(f"the hub refused the file list of {repo_id}: {str(exc).splitlines()[0]}") from None
+    except _network_errors() as exc:
+        raise ModelNotFoundError(f"offline: the hub did not answer ({exc}). Try again later.") from None
+    files = [RemoteFile(s.rfilename, int(s.size or 0), getattr(s.lfs, "sha256", None) if s.lfs else None)
+             for s in info.siblings or []]
+    skipped: list[str] = []
+    if any(f.name.endswith(".safetensors") for f in files):
+        skipped = [f.name for f in files if any(fnmatch.fnmatch(f.name, p) for p in DUPLICATE_WEIGHTS)]
+        files = [f for f in files if f.name not in skipped]
+    return info.sha or revision or "main", files, skipped
+
+
+class _Progress:
+    """Bytes done over all files, reported at most twice a second."""
+
+    def __init__(self, total: int):
+        self.total = max(total, 1)
+        self.before = 0          # bytes of the files already finished
+        self.current = 0         # bytes of the file in flight
+        self.name = ""
+        self.lock = threading.Lock()
+        self.last = 0.0
+
+    def start(self, name: str) -> None:
+        with self.lock:
+            self.name, self.current = name, 0
+        self.report(force=True)
+
+    def advance(self, n: int) -> None:
+        with self.lock:
+            self.current += n
+        self.report()
+
+    def finish(self, size: int) -> None:
+        with self.lock:
+            self.before += size
+            self.current = 0
+
+    def report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.5:
+            return
+        self.last = now
+        done = min(self.before + self.current, self.total)
+        _emit(f"PROGRESS {done / self.total:.4f} {self.name}: {_gb(done)} of {_gb(self.total)}")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _ssl_context():
+    try:
+        import certifi     # QGIS's Pythons on Windows and macOS may lack system certificates
+        return ssl.create_default_context(cafile=certifi.where())
+    except ImportError:
+        return ssl.create_default_context()
+
+
+def fetch_file(repo_id: str, commit: str, remote: RemoteFile, dest: str, progress: _Progress) -> None:
+    """One file into dest/, continuing dest/.partial/<name>.part where an earlier attempt stopped."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    final = os.path.join(dest, remote.name)
+    if os.path.isfile(final) and os.path.getsize(final) == remote.size:
+        progress.advance(remote.size)
+        return
+    url = hf_hub_url(repo_id, remote.name, revision=commit)
+    headers = build_hf_headers()
+    meta = get_hf_file_metadata(url, timeout=15)
+    location = meta.location or url
+    if urlparse(location).netloc != urlparse(url).netloc:
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}  # signed CDN URLs refuse it
+    size = meta.size if meta.size is not None else remote.size
+    part = os.path.join(dest, PARTIAL, remote.name + ".part")
+    os.makedirs(os.path.dirname(part), exist_ok=True)
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    if have > size:
+        have = 0
+    if have < size:
+        request = urllib.request.Request(location, headers={**headers, "Accept-Encoding": "identity",
+                                                            **({"Range": f"bytes={have}-"} if have else {})})
+        with urllib.request.urlopen(request, timeout=30, context=_ssl_context()) as response:
+            if have and response.status != 206:    # the server ignored the range: start this file over
+                have = 0
+            progress.advance(have)
+            with open(part, "ab" if have else "wb") as f:
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    progress.advance(len(chunk))
+    else:
+        progress.advance(have)
+    got = os.path.getsize(part)
+    if got != size:
+        raise ModelNotFoundError(f"download of {remote.name} stopped at {got} of {size} bytes; press Download "
+                                 "again to resume where it stopped.")
+    if remote.sha256:
+        progress.name = f"checking {remote.name}"
+        progress.report(force=True)
+        digest = hashlib.sha256()
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                digest.update(block)
+        if digest.hexdigest() != remote.sha256:
+            os.remove(part)
+            raise ModelNotFoundError(f"{remote.name} arrived damaged (checksum mismatch) and was removed; press "
+                                     "Download again.")
+    os.replace(part, final)
+
+
+def download(repo_id: str, dest: str, revision: str | None = None, size_only: bool = False) -> str:
+    check_online(_endpoint())
+    commit, files, skipped = plan(repo_id, revision)
+    total = sum(f.size for f in files)
+    _emit(f"SIZE {total} {len(files)}")
+    if skipped:
+        _emit(f"PROGRESS 0 skipping {len(skipped)} duplicate weight file(s): {', '.join(skipped[:4])}")
+    if size_only:
+        return dest
+    os.makedirs(dest, exist_ok=True)
+    progress = _Progress(total)
+    for remote in sorted(files, key=lambda f: f.size):     # small files first: a wrong repo shows early
+        progress.start(remote.name)
+        try:
+            fetch_file(repo_id, commit, remote, dest, progress)
+        except urllib.error.HTTPError as exc:
+            raise ModelNotFoundError(f"the hub refused {remote.name} (HTTP {exc.code} {exc.reason}); if the model "
+                                     "is gated, accept its licence and log in with `huggingface-cli login`.") from None
+        except _network_errors() as exc:
+            raise ModelNotFoundError(f"download of {remote.name} stopped ({str(exc).splitlines()[0] or exc!r}); "
+                                     "press Download again to resume where it stopped.") from None
+        progress.finish(remote.size)
+    with open(os.path.join(dest, MARKER), "w", encoding="utf-8") as f:
+        json.dump({"repo_id": repo_id, "commit": commit, "files": [r.name for r in files], "bytes": total}, f)
+    progress.name = "done"
+    progress.report(force=True)
+    return dest
+
+
+def main(args) -> int:
+    try:
+        dest = download(args.repo_id, args.dest, args.revision, args.size_only)
+    except SocioSegError as exc:
+        _emit(f"ERROR {exc}")
+        return 2
+    _emit(f"DONE {dest}")
+    return 0
+
