@@ -1,4 +1,4 @@
-"""`python -m backend detect | info | selftest | sample | synth-socioseg`."""
+"""`python -m backend detect | info | selftest | download | sample | synth-socioseg`."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rs = sub.add_parser("run-scene", help="the QGIS plugin's worker: detect on a captured scene folder")
     rs.add_argument("folder")
+
+    dl = sub.add_parser("download", help="fetch a model from the Hugging Face hub into a folder (resumable)")
+    dl.add_argument("repo_id", help="Hugging Face model id, e.g. vvangfaye/SocioReasoner-3B")
+    dl.add_argument("--dest", required=True, help="folder to download into")
+    dl.add_argument("--revision", help="branch, tag or commit (default: main)")
+    dl.add_argument("--size-only", action="store_true", help="print the download size and stop")
 
     sm = sub.add_parser("sample", help="regenerate the bundled sample town")
     sm.add_argument("--out", default=None, help="folder (default resources/sample)")
@@ -194,7 +200,13 @@ def cmd_run_scene(args) -> int:
     return worker_main(args.folder)
 
 
-COMMANDS = {"detect": cmd_detect, "run-scene": cmd_run_scene, "info": cmd_info, "selftest": cmd_selftest, "sample": cmd_sample,
+def cmd_download(args) -> int:
+    from .download import main as download_main
+
+    return download_main(args)
+
+
+COMMANDS = {"detect": cmd_detect, "download": cmd_download, "run-scene": cmd_run_scene, "info": cmd_info, "selftest": cmd_selftest, "sample": cmd_sample,
             "synth-socioseg": cmd_synth}
 
 
