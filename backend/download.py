@@ -1,11 +1,12 @@
 """`python -m backend download REPO_ID --dest DIR`: fetch a model from the Hugging Face hub into a folder.
 
 Run by the QGIS plugin in the backend's own Python (huggingface_hub lives there, not in QGIS). Lines on
-stdout, in the worker's format so one reader serves both:
-    SIZE <bytes> <files>            the size, stated before anything is fetched (`--size-only` stops here)
-    PROGRESS <0..1> <text>          while downloading
-    DONE <folder>                   every file is there
-    ERROR <text>                    something the user can act on (exit code 2), e.g. offline
+stdout, in the worker's message format (backend/contract.py) so one reader serves both:
+    SIZE <bytes> <files>                        the size, stated before anything is fetched (`--size-only`
+                                                stops here); the only line of its own
+    PROGRESS <0..1> <bytes done>/<bytes> <text> while downloading
+    DONE <files>                                every file is in DEST
+    ERROR <text>                                something the user can act on (exit code 2), e.g. offline
 Interrupted downloads resume. huggingface_hub gives the file list, sizes, checksums, the download URL and
 the auth headers; the bytes are fetched here with HTTP range requests into DIR/.partial/, because recent
 huggingface_hub versions write each attempt to a process-unique temporary file and delete it on failure,
@@ -26,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from .contract import done_line, error_line, progress_line
 from .errors import ModelNotFoundError, SocioSegError
 
 MARKER = ".socioseg-download.json"
@@ -143,7 +145,7 @@ class _Progress:
             return
         self.last = now
         done = min(self.before + self.current, self.total)
-        _emit(f"PROGRESS {done / self.total:.4f} {self.name}: {_gb(done)} of {_gb(self.total)}")
+        _emit(progress_line(done / self.total, done, self.total, f"{self.name}: {_gb(done)} of {_gb(self.total)}"))
 
 
 def _gb(n: int) -> str:
@@ -213,15 +215,16 @@ def fetch_file(repo_id: str, commit: str, remote: RemoteFile, dest: str, progres
     os.replace(part, final)
 
 
-def download(repo_id: str, dest: str, revision: str | None = None, size_only: bool = False) -> str:
+def download(repo_id: str, dest: str, revision: str | None = None, size_only: bool = False) -> int:
+    """Fetch every needed file of `repo_id` into `dest`; returns the number of files."""
     check_online(_endpoint())
     commit, files, skipped = plan(repo_id, revision)
     total = sum(f.size for f in files)
     _emit(f"SIZE {total} {len(files)}")
     if skipped:
-        _emit(f"PROGRESS 0 skipping {len(skipped)} duplicate weight file(s): {', '.join(skipped[:4])}")
+        _emit(progress_line(0, 0, total, f"skipping {len(skipped)} duplicate weight file(s): {', '.join(skipped[:4])}"))
     if size_only:
-        return dest
+        return len(files)
     os.makedirs(dest, exist_ok=True)
     progress = _Progress(total)
     for remote in sorted(files, key=lambda f: f.size):     # small files first: a wrong repo shows early
@@ -239,15 +242,16 @@ def download(repo_id: str, dest: str, revision: str | None = None, size_only: bo
         json.dump({"repo_id": repo_id, "commit": commit, "files": [r.name for r in files], "bytes": total}, f)
     progress.name = "done"
     progress.report(force=True)
-    return dest
+    return len(files)
 
 
 def main(args) -> int:
     try:
-        dest = download(args.repo_id, args.dest, args.revision, args.size_only)
+        files = download(args.repo_id, args.dest, args.revision, args.size_only)
     except SocioSegError as exc:
-        _emit(f"ERROR {exc}")
+        _emit(error_line(str(exc)))
         return 2
-    _emit(f"DONE {dest}")
+    if not args.size_only:
+        _emit(done_line(files))
     return 0
 

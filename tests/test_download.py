@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from backend.contract import parse_line
 from helpers import ROOT
 
 REPO = "test-org/tiny-model"
@@ -123,8 +124,10 @@ def test_size_first_then_download_with_progress(hub, tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, (out, err)
     lines = out.splitlines()
-    assert lines[-1] == f"DONE {dest}"
-    fracs = [float(line.split()[1]) for line in lines if line.startswith("PROGRESS")]
+    assert lines[-1] == "DONE 3"
+    progress = [parse_line(line) for line in lines if line.startswith("PROGRESS")]
+    fracs = [m.fraction for m in progress]
+    assert progress[-1].done == progress[-1].total == 3000024
     assert fracs == sorted(fracs) and fracs[-1] == 1.0
     assert (dest / "model.safetensors").read_bytes() == (tmp_path / "source" / "model.safetensors").read_bytes()
     assert not (dest / "pytorch_model.bin").exists()
