@@ -49,9 +49,9 @@ class ScriptedReasoner:
     name = "scripted"
 
     def __init__(self, stage1, stage2=None):
-        from backend.reasoners.base import QwenFrame
+        from backend.reasoners.base import SmartResize
 
-        self._frame = QwenFrame()
+        self._frame = SmartResize()
         self.s1, self.s2 = stage1, stage2
         self.views = []
 

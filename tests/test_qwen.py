@@ -36,7 +36,7 @@ def test_processor_resize_mismatch_is_caught(tiny_models):
 
 
 def test_float32_on_cpu_and_greedy_is_deterministic(tiny_models):
-    r = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(max_new_tokens=40))
+    r = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(max_new_tokens=40, do_sample=False))
     assert r.model.dtype == torch.float32 and r.device == "cpu"
     m = np.full((756, 756, 3), 90, np.uint8)
     a = r.generate(m, m, stage1_prompt("school"))
@@ -44,10 +44,45 @@ def test_float32_on_cpu_and_greedy_is_deterministic(tiny_models):
     assert a == b
 
 
-def test_authors_sampling_settings():
-    k = GenerationSettings(do_sample=True).kwargs()
-    assert (k["temperature"], k["top_p"], k["top_k"]) == (1.0, 0.8, 100)
-    assert GenerationSettings().kwargs()["do_sample"] is False
+def test_released_sampling_is_the_default_with_an_explicit_repetition_penalty():
+    k = GenerationSettings().kwargs()
+    assert k["do_sample"] is True and k["max_new_tokens"] == 2048
+    assert (k["temperature"], k["top_p"], k["top_k"], k["repetition_penalty"]) == (1.0, 0.8, 100, 1.0)
+    greedy = GenerationSettings(do_sample=False).kwargs()
+    assert greedy["do_sample"] is False and greedy["repetition_penalty"] == 1.0
+
+
+def test_explicit_repetition_penalty_overrides_the_checkpoints_default(tiny_models, monkeypatch):
+    r = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(max_new_tokens=5))
+    r.model.generation_config.repetition_penalty = 1.05      # as Qwen's generation_config.json ships
+    seen = {}
+    real = r.model.generate
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(r.model, "generate", spy)
+    m = np.full((756, 756, 3), 90, np.uint8)
+    r.generate(m, m, "x")
+    assert seen["repetition_penalty"] == 1.0 and seen["top_k"] == 100
+
+
+def test_a_seed_makes_sampling_repeatable(tiny_models):
+    r = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(max_new_tokens=30, seed=7))
+    m = np.full((756, 756, 3), 90, np.uint8)
+    assert r.generate(m, m, "x") == r.generate(m, m, "x")
+    assert r.generation_record()["seed"] == 7 and r.generation_record()["top_p"] == 0.8
+
+
+def test_batched_generation_equals_batches_of_one_when_greedy(tiny_models):
+    from backend.selftest.run import fitting_examples
+
+    r = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(max_new_tokens=60, do_sample=False))
+    examples = fitting_examples(tiny_models["scene"])
+    pairs = [(m, s, p) for m, s, p, _ in examples[:2]] + [(examples[0][0], examples[0][1], "short")]
+    batched = r.generate_batch(pairs)
+    assert batched == [r.generate(*p) for p in pairs]
 
 
 def test_fitted_tiny_model_answers_in_the_released_format(tiny_models):
@@ -61,7 +96,7 @@ def test_fitted_tiny_model_answers_in_the_released_format(tiny_models):
 
 
 def test_missing_model_says_how_to_get_it(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="does not exist"):
+    with pytest.raises(ModelNotFoundError, match="not found"):
         build_reasoner(f"qwen:{tmp_path}/missing")
     with pytest.raises(ModelNotFoundError, match="huggingface-cli download vvangfaye/SocioReasoner-3B"):
         build_reasoner("qwen")

@@ -4,7 +4,7 @@ import pytest
 
 from backend.engines import build_segmenter
 from backend.errors import InputError, ModelNotFoundError
-from backend.pipeline.stages import run_tile
+from backend.pipeline.stages import make_view, run_tile
 from backend.segmenters.base import Prompt
 from backend.segmenters.grabcut import GrabCutSegmenter
 from helpers import ScriptedReasoner
@@ -18,14 +18,16 @@ def _image():
 
 
 @pytest.mark.parametrize("key", ["sam2", "sam"])
-def test_real_segmenters_one_batched_call_best_mask(tiny_models, key):
+def test_each_object_is_its_own_prediction_whatever_its_neighbours(tiny_models, key):
     seg = build_segmenter(tiny_models[key], "cpu")
     seg.set_image(_image())
-    prompts = [Prompt((150, 100, 299, 199)), Prompt((10, 10, 60, 80), [(30, 30), (40, 50)]),
-               Prompt((200, 20, 260, 90), [(230, 50)])]            # points of uneven count get padded
-    out = seg.segment(prompts)
-    assert len(out) == 3
-    for s in out:
+    target = Prompt((10, 10, 60, 80), [(30, 30), (40, 50)])
+    alone = seg.segment([target])[0]
+    crowd = seg.segment([Prompt((150, 100, 299, 199)), target, Prompt((200, 20, 260, 90), [(230, 50)]),
+                         Prompt((0, 0, 399, 299), [(1, 1), (2, 2), (3, 3), (4, 4)])])
+    assert len(crowd) == 4
+    assert np.array_equal(crowd[1].mask, alone.mask) and crowd[1].score == alone.score
+    for s in crowd:
         assert s.mask.shape == (300, 400) and s.mask.dtype == bool
         assert 0.0 <= s.score <= 1.0
 
@@ -51,7 +53,6 @@ def test_sam2_picks_the_highest_scoring_multimask(tiny_models, monkeypatch):
 
 @pytest.mark.parametrize("key", ["sam2", "sam"])
 def test_embedding_computed_once_per_tile_and_one_call_per_stage(tiny_models, key, monkeypatch):
-    from backend.geo.grid import Tile
     from affine import Affine
     from rasterio.crs import CRS
 
@@ -76,10 +77,11 @@ def test_embedding_computed_once_per_tile_and_one_call_per_stage(tiny_models, ke
     monkeypatch.setattr(seg, "segment", counting_segment)
     answer = '<think>t</think><answer>[{"bbox_2d": [10, 10, 200, 200]}, {"bbox_2d": [300, 300, 500, 600]}]</answer>'
     img = np.full((768, 768, 3), 100, np.uint8)
-    r = run_tile(Tile(0, 0, 0, 0, 768, 768), img, img, Affine(1, 0, 0, 0, -1, 0), CRS.from_epsg(32650),
-                 "school", None, ScriptedReasoner(answer), seg)
+    reasoner = ScriptedReasoner(answer)
+    r = run_tile(make_view(img, img, "school", reasoner, transform=Affine(1, 0, 0, 0, -1, 0),
+                           crs=CRS.from_epsg(32650)), reasoner, seg)
     assert r.refined
-    assert calls == {"encode": 1, "segment": 2}
+    assert calls == {"encode": 1, "segment": 2}      # one embedding per tile, one segmenter call per stage
 
 
 def test_missing_checkpoints_say_how_to_get_them(tmp_path):
@@ -127,11 +129,21 @@ def test_grabcut_tiny_box_is_the_filled_box():
     assert s.mask.sum() == 4 * 5 and s.mask[10:15, 10:14].all()
 
 
-def test_grabcut_huge_box_is_bounded():
+def test_grabcut_huge_box_is_cut_at_reduced_resolution(monkeypatch):
+    import cv2
+
     img = np.random.default_rng(1).integers(0, 255, (1500, 1500, 3)).astype(np.uint8)
     g = GrabCutSegmenter(max_side=256)
     g.set_image(img)
+    sizes = []
+    real = cv2.grabCut
+
+    def spy(image, *a, **k):
+        sizes.append(image.shape[:2])
+        return real(image, *a, **k)
+
+    monkeypatch.setattr(cv2, "grabCut", spy)
     (s,) = g.segment([Prompt((5, 5, 1490, 1490), [(700, 700)])])
     assert s.mask.shape == (1500, 1500)
+    assert sizes and max(max(sz) for sz in sizes) <= 256          # the crop was cut at reduced size
     assert not s.mask[:5, :].any() and not s.mask[:, 1495:].any()   # never outside the box
-    assert g.seconds < 30

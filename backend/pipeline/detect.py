@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -15,7 +17,8 @@ from ..errors import InputError
 from ..geo.maprender import render_map
 from ..output.vectors import geodesic_area_m2
 from ..geo.raster import polygons
-from .stages import CancelCheck, Progress, TileResult, _check, dump_tile, run_tile
+from .stages import (CancelCheck, PipelineOptions, Progress, SegmenterSession, TileResult, check_cancel,
+                     dump_tile, make_view, run_batch)
 from ..geo.vectormap import VectorMap, is_vector_path
 
 log = logging.getLogger(__name__)
@@ -76,35 +79,78 @@ class Detection:
     tiles: list[TileResult] = field(default_factory=list)
 
 
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
 def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = None,
            progress: Progress | None = None, cancel: CancelCheck | None = None,
-           dump_dir: str | None = None, keep_tiles: bool = False) -> Detection:
+           dump_dir: str | None = None, keep_tiles: bool = False, options: PipelineOptions | None = None,
+           batch_size: int = 1, concurrency: int | None = None) -> Detection:
+    """All tiles through both stages, merged on the grid into one mask and then into entities.
+
+    `batch_size` tiles go through each stage together (one batched `generate` in process). A reasoner
+    that talks to a server (`concurrency` > 1, default: the reasoner's own) runs that many tiles at
+    once in threads instead, each tile's stage 2 starting as soon as its coarse mask is rendered;
+    the segmenter is shared under a lock."""
     grid = scene.grid
     if hasattr(reasoner, "prepare"):
         reasoner.prepare(query, task, scene.map_features)
     mosaic = np.zeros((grid.height, grid.width), bool)
     per_tile: list[tuple[geo.Tile, TileResult, np.ndarray]] = []
-    n = len(scene.tiles)
-    for k, tile in enumerate(scene.tiles):
-        _check(cancel)
-        rows, cols = tile.slices
-        if not scene.valid[rows, cols].any():
+    todo = []
+    for tile in scene.tiles:
+        if scene.valid[tile.slices].any():
+            todo.append(tile)
+        else:
             log.info("%s has no valid pixels; skipped", tile.id)
-            continue
-        stages = iter(range(4))
+    n = max(len(scene.tiles), 1)
+    session = SegmenterSession(segmenter)
+    done = [0]
+    lock = threading.Lock()
 
-        def on_stage(name, k=k, tile=tile):
+    def view_of(tile: geo.Tile):
+        rows, cols = tile.slices
+        return make_view(scene.map_image[rows, cols], scene.satellite[rows, cols], query, reasoner, task=task,
+                         transform=grid.window_transform(tile.x0, tile.y0), crs=grid.crs, tile_id=tile.id,
+                         map_features=scene.map_features)
+
+    def run(tiles: list[geo.Tile]) -> None:
+        check_cancel(cancel)
+        label = tiles[0].id if len(tiles) == 1 else f"{tiles[0].id}..{tiles[-1].id}"
+
+        def on_stage(name, steps=iter(range(4))):
             if progress:
-                progress((k + next(stages, 3) / 4) / n, f"{tile.id} ({k + 1}/{n}): {name}")
+                progress((done[0] + next(steps, 3) / 4 * len(tiles)) / n, f"{label} ({done[0] + len(tiles)}/{n}): {name}")
 
-        result = run_tile(tile, scene.satellite[rows, cols], scene.map_image[rows, cols],
-                          grid.window_transform(tile.x0, tile.y0), grid.crs, query, task, reasoner,
-                          segmenter, scene.map_features, cancel, on_stage)
-        if dump_dir:
-            dump_tile(result, grid, dump_dir)
-        m = result.mask_on_tile() & scene.valid[rows, cols]
-        mosaic[rows, cols] |= m
-        per_tile.append((tile, result, m))
+        results = run_batch([view_of(t) for t in tiles], reasoner, session, options, cancel, on_stage)
+        with lock:
+            for tile, result in zip(tiles, results):
+                if dump_dir:
+                    dump_tile(result, dump_dir, {"row": tile.row, "col": tile.col, "x0": tile.x0, "y0": tile.y0,
+                                                 "tile_transform": list(grid.window_transform(tile.x0, tile.y0).to_gdal())})
+                rows, cols = tile.slices
+                m = result.mask_on_tile() & scene.valid[rows, cols]
+                mosaic[rows, cols] |= m
+                per_tile.append((tile, result, m))
+            done[0] += len(tiles)
+
+    workers = concurrency if concurrency is not None else getattr(reasoner, "concurrency", 1)
+    if workers > 1 and len(todo) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(run, [t]) for t in todo]
+            try:
+                for f in as_completed(futures):
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        per_tile.sort(key=lambda item: (item[0].row, item[0].col))
+    else:
+        for tiles in _batches(todo, max(1, batch_size)):
+            run(tiles)
     if progress:
         progress(1.0, "merging tiles")
     entities = vectorise(mosaic, grid, per_tile, query, task, reasoner.name, segmenter.name)
@@ -145,7 +191,7 @@ def vectorise(mosaic: np.ndarray, grid: geo.Grid, per_tile, query: str, task: st
             "query": query, "task": task or "", "name": "; ".join(sorted(names.get(int(value), ()))),
             "tiles": ",".join(t.id for t, _ in parts),
             "n_boxes1": sum(len(r.stage1.items) for _, r in parts),
-            "n_boxes2": sum(len(r.stage2.items) if r.stage2 else 0 for _, r in parts),
+            "n_boxes2": sum(len(r.stage2.items) for _, r in parts),
             "refined": all(r.refined for _, r in parts),
             "reasoner": reasoner_name, "segmenter": segmenter_name,
             "score": float(np.mean(scores)) if scores else None,

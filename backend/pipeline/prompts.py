@@ -36,9 +36,10 @@ STAGE2_TEMPLATE = (
     '{{"bbox_2d": [bx3,by3,bx4,by4], "points": [[px4,py4],[px5,py5],[px6,py6]}}]</answer>'
 )
 
-# The authors' pixel budget for both images (model input, after resize).
-MIN_PIXELS = 500 * 500
-MAX_PIXELS = 1344 * 1344
+# The pixel budget the released inference code really applies (model input, after resize): its YAML
+# names 1344 * 1344, but that key is dropped when the config is read, so the code's defaults hold.
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 768 * 768
 PATCH_FACTOR = 28
 
 
@@ -82,10 +83,16 @@ class ParsedAnswer:
     raw: str | None                 # text between <answer> and </answer>, exactly; None if absent
     items: list[Item]
     warnings: list[str]
+    released: bool = False          # True when json.loads read it: items are exactly the released ones
 
     @property
     def ok(self) -> bool:
         return self.raw is not None and bool(self.items)
+
+    @property
+    def stage2_boxes_text(self) -> str:
+        """What the released code puts into the stage-2 text: the answer .strip()ped, "" without tags."""
+        return self.raw.strip() if self.raw is not None else ""
 
 
 THINK_ANSWER_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.S)
@@ -146,16 +153,61 @@ def _salvage_objects(raw: str) -> list[dict]:
     return found
 
 
-def parse_answer(text: str, width: float, height: float) -> ParsedAnswer:
-    """Boxes and points of an answer, clamped to a `width` x `height` image; never raises.
+def _released_items(raw: str) -> list[Item] | None:
+    """The objects the released code hands to the segmenter, or None when json.loads rejects the text.
 
-    Malformed parts are dropped and described in `warnings`, so that a garbled answer costs one tile
-    its detections and not the whole run.
+    As released: `json.loads` of the stripped answer; a non-list gives nothing; non-dict items, items
+    whose `bbox_2d` is not a list of 4, and items whose points cannot be read as [x, y] are skipped;
+    coordinates go on as they are (no clamping, no sorting, points outside the box kept). Items with
+    non-numeric or non-finite coordinates are skipped too: the released segmenter call raises on them
+    and its `except: continue` skips the object.
+    """
+    try:
+        value = json.loads(raw.strip())
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, list):
+        return []
+    items = []
+    for obj in value:
+        if not isinstance(obj, dict):
+            continue
+        box = obj.get("bbox_2d", [])
+        try:
+            points = [(p[0], p[1]) for p in obj.get("points", [])]
+        except (TypeError, KeyError, IndexError):
+            continue
+        if not isinstance(box, list) or len(box) != 4:
+            continue
+        coords = _finite_numbers(box, 4)
+        pts = [_finite_numbers(list(p), 2) for p in points]
+        if coords is None or any(p is None for p in pts):
+            continue
+        items.append(Item(tuple(coords), [tuple(p) for p in pts]))
+    return items
+
+
+def parse_answer(text: str, width: float, height: float, tolerant: bool = True) -> ParsedAnswer:
+    """Boxes and points of an answer; never raises.
+
+    When json.loads reads the answer, the items are exactly what the released code segments
+    (`released=True`). Otherwise, with `tolerant` (the product's safety net), Python-style literals
+    and JSON-like text are salvaged, boxes sorted and clamped to the `width` x `height` image and
+    stray points dropped, each change described in `warnings`; without it the answer gives nothing,
+    as released.
     """
     warnings: list[str] = []
     raw = extract_answer(text) if isinstance(text, str) else None
     if raw is None:
         return ParsedAnswer(None, [], ["answer has no <answer>...</answer> block"])
+    released = _released_items(raw)
+    if released is not None:
+        skipped = _count_items(raw) - len(released)
+        if skipped > 0:
+            warnings.append(f"{skipped} answer item(s) without a usable bbox_2d skipped")
+        return ParsedAnswer(raw, released, warnings, released=True)
+    if not tolerant:
+        return ParsedAnswer(raw, [], ["answer is not valid JSON (tolerant parsing is off)"])
     value, note = decode_answer_json(raw)
     if note:
         warnings.append(note)
@@ -202,6 +254,30 @@ def parse_answer(text: str, width: float, height: float) -> ParsedAnswer:
     if not items and value:     # an empty list is a valid "nothing here", not a problem
         warnings.append("answer holds no usable box")
     return ParsedAnswer(raw, items, warnings)
+
+
+def render_boxes(answer: ParsedAnswer) -> list:
+    """The boxes the render draws: as released, every `bbox_2d` of length 4 in `json.loads` of the
+    answer, values as given; for an answer only the tolerant parser could read, its boxes."""
+    if not answer.released:
+        return [it.box for it in answer.items]
+    value = json.loads(answer.raw.strip())
+    if not isinstance(value, list):
+        return []
+    return [obj["bbox_2d"] for obj in value
+            if isinstance(obj, dict) and "bbox_2d" in obj and _sized(obj["bbox_2d"]) == 4]
+
+
+def _sized(value) -> int | None:
+    try:
+        return len(value)
+    except TypeError:
+        return None
+
+
+def _count_items(raw: str) -> int:
+    value = json.loads(raw.strip())
+    return len(value) if isinstance(value, list) else 1
 
 
 def format_answer(items: list[Item], with_points: bool) -> str:

@@ -1,33 +1,47 @@
 """The render-and-refine overlay the released model was trained to read, and human previews."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
 BOX_COLOUR = (0, 0, 255)
+BOX_COLOUR_NAME = "blue"    # PIL's name for BOX_COLOUR, as the released code spells it
 BOX_WIDTH = 2
 MASK_COLOUR = (255, 0, 0)
 MASK_ALPHA = 102  # 0.4 of 255, as the authors composite it
 
 
 def render_overlay(image: np.ndarray, boxes, mask: np.ndarray | None) -> np.ndarray:
-    """Red mask at alpha 0.4 composited over `image`, then each box as a 2-px blue outline."""
+    """The released render: each box as a 2-px blue outline first, THEN the red mask at alpha 0.4
+    composited over it (box pixels inside the mask come out (102, 0, 153)).
+
+    Boxes are drawn with the coordinates as given (PIL truncates them), as the released code draws
+    the `json.loads` values; a box PIL refuses (x2 < x1 or y2 < y1) is skipped, as released.
+    """
     base = Image.fromarray(np.ascontiguousarray(image[..., :3])).convert("RGBA")
+    draw = ImageDraw.Draw(base)
+    for x1, y1, x2, y2 in boxes:
+        try:
+            draw.rectangle([(x1, y1), (x2, y2)], outline=BOX_COLOUR_NAME, width=BOX_WIDTH)
+        except (ValueError, TypeError):
+            continue
     if mask is not None and mask.any():
         layer = np.zeros((*mask.shape, 4), np.uint8)
         layer[mask.astype(bool)] = (*MASK_COLOUR, MASK_ALPHA)
         base = Image.alpha_composite(base, Image.fromarray(layer, "RGBA"))
-    draw = ImageDraw.Draw(base)
-    for x1, y1, x2, y2 in boxes:
-        draw.rectangle([int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2))],
-                       outline=BOX_COLOUR, width=BOX_WIDTH)
     return np.asarray(base.convert("RGB"))
+
+
+def resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A boolean mask resized with OpenCV's nearest neighbour, as the released code resizes masks."""
+    if mask.shape[:2] == (height, width):
+        return mask.astype(bool)
+    return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
 
 
 def draw_outlines(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 0), width: int = 2) -> np.ndarray:
     """Mask outlines over an image, for previews a person checks at a glance."""
-    import cv2
-
     out = np.ascontiguousarray(image[..., :3]).copy()
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, colour, width)

@@ -17,14 +17,24 @@ from ..pipeline.prompts import MAX_PIXELS, MIN_PIXELS, ParsedAnswer, smart_resiz
 
 @dataclass
 class TileView:
+    """One tile in the model's frame, built by the caller (`backend.pipeline.stages.make_view`)."""
     query: str
     task: str | None
     map_image: np.ndarray        # model-input size, H x W x 3 uint8
     sat_image: np.ndarray
-    transform: Affine            # model-input pixel -> map coordinates
-    crs: CRS
-    tile_id: str = ""
+    transform: Affine | None = None      # model-input pixel -> map coordinates; None without geography
+    crs: CRS | None = None
+    tile_id: str = "tile"
     map_features: object | None = None   # a VectorMap when the map is a vector file
+    tile_size: tuple[int, int] | None = None  # (height, width) of the tile before the resize
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        return self.sat_image.shape[:2]
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self.tile_size or self.model_size
 
 
 @dataclass
@@ -35,6 +45,10 @@ class Reply:
 
 
 class Reasoner(Protocol):
+    """Answers one tile per call. A reasoner that can do better over many tiles at once (one batched
+    `generate`, concurrent requests to a server) also has `stage1_batch(views, prompts)` and
+    `stage2_batch(views, prompts, rendered, stage1s)` with the same meaning over lists (`rendered`:
+    (map, satellite) pairs); the pipeline uses them when present."""
     name: str
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
@@ -46,8 +60,9 @@ class Reasoner(Protocol):
                stage1: ParsedAnswer) -> Reply: ...
 
 
-class QwenFrame:
-    """Qwen2.5-VL's resize rule with the authors' pixel budget; shared by all reasoners."""
+class SmartResize:
+    """The released input size: Qwen2.5-VL's smart resize with the released pixel budget. Every
+    reasoner sees the images at this size, so all share one coordinate frame with the segmenter."""
     min_pixels = MIN_PIXELS
     max_pixels = MAX_PIXELS
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
@@ -11,7 +11,7 @@ from ..device import default_dtype, resolve_device
 from ..errors import InputError
 from ..hub import load_pretrained
 from ..pipeline.prompts import MAX_PIXELS, MIN_PIXELS, ParsedAnswer
-from .base import QwenFrame, Reply, TileView
+from .base import SmartResize, Reply, TileView
 
 log = logging.getLogger(__name__)
 
@@ -21,20 +21,45 @@ BASE_VLM = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 @dataclass
 class GenerationSettings:
-    max_new_tokens: int = 2048        # the authors' response budget
-    do_sample: bool = False           # greedy by default: the same tile gives the same answer
-    temperature: float = 1.0          # the authors' evaluation sampling, used when do_sample
+    """Decoding of the vision-language model. The defaults are the released evaluation's sampling
+    (vLLM: temperature 1.0, top_p 0.8, top_k 100, an explicit repetition_penalty 1.0 so that a
+    checkpoint's generation_config.json default such as Qwen's 1.05 does not apply, 2,048 tokens).
+    `do_sample=False` is greedy decoding; `seed` makes a sampled run repeatable."""
+    max_new_tokens: int = 2048
+    do_sample: bool = True
+    temperature: float = 1.0
     top_p: float = 0.8
     top_k: int = 100
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"the response budget must be at least 1 token (--max-new-tokens), not {self.max_new_tokens}")
+        if self.do_sample:
+            if not self.temperature > 0:
+                raise InputError(f"the sampling temperature must be above 0 (--temperature), not {self.temperature}; "
+                                 "use --greedy for deterministic decoding")
+            if not 0 < self.top_p <= 1:
+                raise InputError(f"top_p must be in (0, 1] (--top-p), not {self.top_p}")
+            if self.top_k < 1:
+                raise InputError(f"top_k must be at least 1 (--top-k), not {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise InputError(f"the repetition penalty must be above 0 (--repetition-penalty), not {self.repetition_penalty}")
 
     def kwargs(self) -> dict:
-        if self.max_new_tokens < 1:
-            raise InputError("max_new_tokens must be at least 1")
+        """transformers `generate` keyword arguments; every value explicit so that none is taken
+        from the checkpoint's generation_config.json."""
+        self.validate()
         if not self.do_sample:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False,
-                    "temperature": None, "top_p": None, "top_k": None}
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": True,
-                "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False, "temperature": None,
+                    "top_p": None, "top_k": None, "repetition_penalty": self.repetition_penalty}
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty}
+
+    def record(self) -> dict:
+        """What was used, for the dump's tile.json."""
+        return asdict(self)
 
 
 def user_turn(text: str) -> list[dict]:
@@ -46,7 +71,7 @@ def to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image[..., :3]))
 
 
-class QwenChat(QwenFrame):
+class QwenChat(SmartResize):
     """Prompt encoding shared by inference and training: chat template, images, pixel budget."""
 
     def __init__(self, processor, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
@@ -86,10 +111,11 @@ class QwenReasoner(QwenChat):
         self.device = resolve_device(device)
         self.dtype = dtype or default_dtype(self.device)
         hint = "--reasoner qwen:/path/to/SocioReasoner-3B"
-        processor = load_pretrained(AutoProcessor, model, "vision-language reasoner", hint)
+        kinds = ("qwen2_5_vl",)   # the prompts, resize and coordinates are Qwen2.5-VL's
+        processor = load_pretrained(AutoProcessor, model, "vision-language reasoner", hint, model_types=kinds)
         super().__init__(processor, min_pixels, max_pixels)
         net = load_pretrained(AutoModelForImageTextToText, model, "vision-language reasoner", hint,
-                              dtype=self.dtype)
+                              model_types=kinds, dtype=self.dtype)
         self.model = net.to(self.device).eval()
         self.generation = generation or GenerationSettings()
         self.name = f"qwen:{model}"
@@ -106,18 +132,37 @@ class QwenReasoner(QwenChat):
         self.name = name
         return self
 
-    def generate(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> str:
-        import torch
+    def generation_record(self) -> dict:
+        return self.generation.record()
 
-        enc = self.encode([(map_image, sat_image, text)]).to(self.device)
+    def generate_batch(self, pairs: list[tuple[np.ndarray, np.ndarray, str]]) -> list[str]:
+        """One `generate` call over several (map, satellite, text) prompts, left-padded, so that each
+        answer equals its batch-of-one answer under greedy decoding."""
+        import torch
+        from transformers import set_seed
+
+        kwargs = self.generation.kwargs()
+        tok = self.processor.tokenizer
+        tok.padding_side = "left"
+        enc = self.encode(pairs).to(self.device)
+        if self.generation.seed is not None:
+            set_seed(self.generation.seed)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **self.generation.kwargs(),
-                                      pad_token_id=self.processor.tokenizer.pad_token_id)
-        new = out[0, enc["input_ids"].shape[1]:]
-        return self.processor.tokenizer.decode(new, skip_special_tokens=True)
+            out = self.model.generate(**enc, **kwargs, pad_token_id=tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [tok.decode(row, skip_special_tokens=True) for row in new]
+
+    def generate(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> str:
+        return self.generate_batch([(map_image, sat_image, text)])[0]
 
     def stage1(self, view: TileView, prompt: str) -> Reply:
         return Reply(self.generate(view.map_image, view.sat_image, prompt))
 
     def stage2(self, view: TileView, prompt: str, rendered_map, rendered_sat, stage1: ParsedAnswer) -> Reply:
         return Reply(self.generate(rendered_map, rendered_sat, prompt))
+
+    def stage1_batch(self, views: list[TileView], prompts: list[str]) -> list[Reply]:
+        return [Reply(t) for t in self.generate_batch([(v.map_image, v.sat_image, p) for v, p in zip(views, prompts)])]
+
+    def stage2_batch(self, views, prompts, rendered, stage1s) -> list[Reply]:
+        return [Reply(t) for t in self.generate_batch([(m, s, p) for (m, s), p in zip(rendered, prompts)])]

@@ -1,4 +1,9 @@
-"""The segmenter protocol: one image embedding per tile, then batched box/point prompts."""
+"""The segmenter protocol: one image embedding per tile, then one prediction per object.
+
+As released, each object is its own prediction with only its own box and points: batching objects
+with padded point lists would feed SAM "not-a-point" tokens and make an object's mask depend on its
+neighbours' point counts.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,7 +31,11 @@ class Segmenter(Protocol):
         """Compute and keep the image embedding of an H x W x 3 uint8 RGB image."""
 
     def segment(self, prompts: list[Prompt]) -> list[Segmentation]:
-        """One mask per prompt (best of the multimask outputs), all prompts in one batched call."""
+        """One mask per prompt: the best (highest-scoring) of the multimask outputs of a prediction
+        with that prompt's box and points alone."""
+
+    # Optional, for batches of tiles: `embedding()` returns the current image's state and
+    # `restore(state)` makes it current again, so stage 2 reuses stage 1's embedding.
 
 
 def union(segs: list[Segmentation], shape: tuple[int, int]) -> np.ndarray:
@@ -34,16 +43,3 @@ def union(segs: list[Segmentation], shape: tuple[int, int]) -> np.ndarray:
     for s in segs:
         out |= s.mask
     return out
-
-
-def pad_points(prompts: list[Prompt]) -> tuple[list[list[list[float]]], list[list[int]]] | None:
-    """Per-object point lists padded to one length with label -1 (SAM's 'not a point'); None if no points."""
-    n = max((len(p.points) for p in prompts), default=0)
-    if n == 0:
-        return None
-    coords, labels = [], []
-    for p in prompts:
-        pts = [[float(x), float(y)] for x, y in p.points]
-        coords.append(pts + [[0.0, 0.0]] * (n - len(pts)))
-        labels.append([1] * len(pts) + [-1] * (n - len(pts)))
-    return coords, labels

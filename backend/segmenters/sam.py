@@ -8,7 +8,7 @@ import numpy as np
 
 from ..device import resolve_device
 from ..errors import DependencyError, InputError, ModelNotFoundError
-from .base import Prompt, Segmentation, pad_points
+from .base import Prompt, Segmentation
 
 CHECKPOINT_HINT = ("download one of the official checkpoints (vit_h: sam_vit_h_4b8939.pth, vit_l: "
                    "sam_vit_l_0b3195.pth, vit_b: sam_vit_b_01ec64.pth) from the segment-anything "
@@ -28,6 +28,31 @@ def _registry() -> dict:
     return reg
 
 
+_EMBED_DIMS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b", 32: "vit_tiny"}
+
+
+def _load_failure(model_type: str, checkpoint: str, exc: Exception) -> str:
+    """One line for a checkpoint that does not load: damaged, or made for another model type (torch's
+    own message is a multi-kilobyte list of mismatched tensors)."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as read_exc:   # not a readable torch file at all
+        first = (str(read_exc).strip().splitlines() or [type(read_exc).__name__])[0].split(". ")[0]
+        return (f"SAM checkpoint {checkpoint} is damaged, truncated or not a SAM checkpoint ({first}): "
+                f"{CHECKPOINT_HINT}")
+    weight = state.get("image_encoder.patch_embed.proj.weight") if isinstance(state, dict) else None
+    if weight is None:
+        return f"{checkpoint} is not a SAM checkpoint (no image encoder weights): {CHECKPOINT_HINT}"
+    found = _EMBED_DIMS.get(int(weight.shape[0]))
+    if found and found != model_type:
+        return (f"SAM checkpoint {checkpoint} is a {found} model, not {model_type}: pass "
+                f"--segmenter sam:{found}:{checkpoint}")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"cannot load SAM {model_type} from {checkpoint} ({first}): {CHECKPOINT_HINT}"
+
+
 class SamSegmenter:
     def __init__(self, model_type: str, checkpoint: str, device: str = "auto"):
         import torch
@@ -41,10 +66,8 @@ class SamSegmenter:
         self.device = resolve_device(device)
         try:
             model = registry[model_type](checkpoint=checkpoint)
-        except (RuntimeError, KeyError, EOFError, OSError) as exc:
-            raise ModelNotFoundError(
-                f"cannot load SAM {model_type} from {checkpoint}: {exc}. Check that the checkpoint "
-                f"matches the model type; {CHECKPOINT_HINT}") from None
+        except (RuntimeError, KeyError, EOFError, OSError, ValueError) as exc:
+            raise ModelNotFoundError(_load_failure(model_type, checkpoint, exc)) from None
         self.predictor = SamPredictor(model.to(self.device).eval())
         self.name = f"sam:{model_type}:{os.path.basename(checkpoint)}"
         self._torch = torch
@@ -55,23 +78,24 @@ class SamSegmenter:
             self.predictor.set_image(np.ascontiguousarray(image[..., :3]), image_format="RGB")
         self.embed_calls += 1
 
+    def embedding(self):
+        p = self.predictor
+        return p.features, p.original_size, p.input_size, p.is_image_set
+
+    def restore(self, state) -> None:
+        p = self.predictor
+        p.features, p.original_size, p.input_size, p.is_image_set = state
+
     def segment(self, prompts: list[Prompt]) -> list[Segmentation]:
-        if not prompts:
-            return []
-        torch, p = self._torch, self.predictor
-        size = p.original_size
-        boxes = torch.tensor([q.box for q in prompts], dtype=torch.float32, device=self.device)
-        boxes = p.transform.apply_boxes_torch(boxes, size)
-        coords = labels = None
-        padded = pad_points(prompts)
-        if padded is not None:
-            coords = p.transform.apply_coords_torch(
-                torch.tensor(padded[0], dtype=torch.float32, device=self.device), size)
-            labels = torch.tensor(padded[1], dtype=torch.int64, device=self.device)
-        with torch.inference_mode():
-            masks, scores, _ = p.predict_torch(coords, labels, boxes=boxes, multimask_output=True)
-        best = scores.argmax(dim=1)
-        idx = torch.arange(len(prompts), device=best.device)
-        chosen = masks[idx, best].cpu().numpy().astype(bool)
-        best_scores = scores[idx, best].float().cpu().numpy()
-        return [Segmentation(m, float(np.clip(s, 0, 1))) for m, s in zip(chosen, best_scores)]
+        return [self._one(q) for q in prompts]
+
+    def _one(self, prompt: Prompt) -> Segmentation:
+        p = self.predictor
+        kwargs = {"box": np.asarray(prompt.box, dtype=np.float32)}
+        if prompt.points:
+            kwargs["point_coords"] = np.asarray(prompt.points, dtype=np.float32)
+            kwargs["point_labels"] = np.ones(len(prompt.points), dtype=np.int64)
+        with self._torch.inference_mode():
+            masks, scores, _ = p.predict(multimask_output=True, **kwargs)
+        best = int(np.argmax(scores))
+        return Segmentation(masks[best].astype(bool), float(np.clip(scores[best], 0, 1)))

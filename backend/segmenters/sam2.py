@@ -5,7 +5,7 @@ import numpy as np
 
 from ..device import resolve_device
 from ..hub import load_pretrained
-from .base import Prompt, Segmentation, pad_points
+from .base import Prompt, Segmentation
 
 DEFAULT_SAM2 = "facebook/sam2-hiera-large"
 
@@ -16,8 +16,10 @@ class Sam2Segmenter:
         from transformers import Sam2Model, Sam2Processor
 
         self.device = resolve_device(device)
-        self.processor = load_pretrained(Sam2Processor, model, "SAM 2 segmenter", "--segmenter sam2:DIR")
-        net = load_pretrained(Sam2Model, model, "SAM 2 segmenter", "--segmenter sam2:DIR")
+        kinds = ("sam2", "sam2_video")   # a SAM 2 video checkpoint holds the image model too
+        net = load_pretrained(Sam2Model, model, "SAM 2 segmenter", "--segmenter sam2:DIR", model_types=kinds)
+        self.processor = load_pretrained(Sam2Processor, model, "SAM 2 segmenter", "--segmenter sam2:DIR",
+                                         model_types=kinds)
         self.model = net.to(self.device).eval()
         self.name = f"sam2:{model}"
         self._torch = torch
@@ -34,17 +36,23 @@ class Sam2Segmenter:
         self._size = [int(v) for v in inputs["original_sizes"][0]]
         self.embed_calls += 1
 
+    def embedding(self):
+        return self._embeddings, self._size
+
+    def restore(self, state) -> None:
+        self._embeddings, self._size = state
+
     def segment(self, prompts: list[Prompt]) -> list[Segmentation]:
-        if not prompts:
-            return []
-        if self._embeddings is None:
+        if prompts and self._embeddings is None:
             raise RuntimeError("set_image must be called before segment")
+        return [self._one(q) for q in prompts]
+
+    def _one(self, prompt: Prompt) -> Segmentation:
         torch = self._torch
-        kwargs = {"input_boxes": [[list(map(float, q.box)) for q in prompts]]}
-        padded = pad_points(prompts)
-        if padded is not None:
-            kwargs["input_points"] = [padded[0]]
-            kwargs["input_labels"] = [padded[1]]
+        kwargs = {"input_boxes": [[[float(v) for v in prompt.box]]]}
+        if prompt.points:
+            kwargs["input_points"] = [[[[float(x), float(y)] for x, y in prompt.points]]]
+            kwargs["input_labels"] = [[[1] * len(prompt.points)]]
         enc = self.processor(original_sizes=[self._size], return_tensors="pt", **kwargs)
         feed = {k: enc[k].to(self.device) for k in ("input_boxes", "input_points", "input_labels") if k in enc}
         for k in ("input_boxes", "input_points"):
@@ -53,8 +61,6 @@ class Sam2Segmenter:
         with torch.inference_mode():
             out = self.model(image_embeddings=self._embeddings, multimask_output=True, **feed)
         masks = self.processor.post_process_masks(out.pred_masks.float().cpu(), [self._size])[0]
-        scores = out.iou_scores[0].float().cpu()
-        best = scores.argmax(dim=1)
-        idx = torch.arange(len(prompts))
-        chosen = masks[idx, best].numpy().astype(bool)
-        return [Segmentation(m, float(np.clip(s, 0, 1))) for m, s in zip(chosen, scores[idx, best].numpy())]
+        scores = out.iou_scores[0, 0].float().cpu()
+        best = int(scores.argmax())
+        return Segmentation(masks[0, best].numpy().astype(bool), float(np.clip(scores[best], 0, 1)))

@@ -40,17 +40,20 @@ def sample_scene(tile: int = 768):
 
 def fitting_examples(scene) -> list[tuple]:
     """What the map reader + GrabCut see and answer on the scene's first tile, as VLM targets."""
-    from ..pipeline.stages import run_tile
-    from ..reasoners.mapreader import MapReader
     from ..pipeline.render import render_overlay
+    from ..pipeline.stages import make_view, run_tile
+    from ..reasoners.mapreader import MapReader
     from ..segmenters.grabcut import GrabCutSegmenter
 
     tile = scene.tiles[0]
     rows, cols = tile.slices
-    r = run_tile(tile, scene.satellite[rows, cols], scene.map_image[rows, cols],
-                 scene.grid.window_transform(tile.x0, tile.y0), scene.grid.crs, QUERY, None, MapReader(),
-                 GrabCutSegmenter(), scene.map_features)
-    if not (r.stage1.ok and r.stage2 is not None and r.stage2.ok):
+    reader = MapReader()
+    reader.prepare(QUERY, None, scene.map_features)
+    view = make_view(scene.map_image[rows, cols], scene.satellite[rows, cols], QUERY, reader,
+                     transform=scene.grid.window_transform(tile.x0, tile.y0), crs=scene.grid.crs,
+                     tile_id=tile.id, map_features=scene.map_features)
+    r = run_tile(view, reader, GrabCutSegmenter())
+    if not (r.stage1.ok and r.stage2.ok):
         raise RuntimeError("the map reader found no school on the sample tile")
     im = r.images
     boxes = [it.box for it in r.stage1.items]
@@ -86,7 +89,7 @@ def run_selftest(models_dir: str | None = None, dump_dir: str | None = None, dev
             checks = {
                 "stage 1 answered with boxes": all(t.stage1.ok for t in det.tiles),
                 "stage 2 answered with boxes and points":
-                    all(t.stage2 is not None and t.stage2.ok and t.refined for t in det.tiles),
+                    all(t.stage2.ok and t.refined for t in det.tiles),
                 "stage-2 boxes repeat stage 1": all(
                     [it.box for it in t.stage1.items] == [it.box for it in t.stage2.items] for t in det.tiles),
                 "one image embedding per tile": segmenter.embed_calls == len(det.tiles),
