@@ -29,15 +29,17 @@ def predict(sample, reasoner, segmenter):
     """(mask at the sample's size, stage-1 response, stage-2 response, note) for one sample."""
     from rasterio.crs import CRS
 
-    from backend.geo.grid import Tile
-    from backend.pipeline.stages import run_tile
+    from backend.pipeline.stages import make_view, run_tile
 
     h, w = sample.sat_image.shape[:2]
     try:
         if hasattr(reasoner, "prepare"):
             reasoner.prepare(sample.query, sample.level, None)
-        r = run_tile(Tile(0, 0, 0, 0, w, h), sample.sat_image, sample.map_image, Affine.identity(),
-                     CRS.from_epsg(3857), sample.query, sample.level, reasoner, segmenter)
+        # SocioSeg tiles carry no georeference; the map reader's minimum sizes are metric, so a pixel
+        # is read as a metre of a projected CRS. The vision-language path ignores both.
+        view = make_view(sample.map_image, sample.sat_image, sample.query, reasoner, task=sample.level,
+                         transform=Affine.identity(), crs=CRS.from_epsg(3857), tile_id=str(sample.id))
+        r = run_tile(view, reasoner, segmenter)
     except SocioSegError as exc:
         return np.zeros((h, w), bool), None, None, str(exc)
     return r.mask_on_tile(), r.responses[0], r.responses[1], "; ".join(r.notes)
