@@ -1,57 +1,31 @@
-"""Which Python packages the engines need, what is missing inside this QGIS, and the command to fix it."""
+"""Which Python packages the engines need, and what to tell the user when the backend's Python lacks them."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import sys
+from .environment import MODELS_BUTTON, PLUGIN_DIR, SETUP_BUTTON, base_python
 
-PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+__all__ = ["PLUGIN_DIR", "BASE_MODULES", "VLM_MODULES", "SAM_MODULES", "python_executable", "explain_missing"]
+
 BASE_MODULES = {"numpy": "numpy", "rasterio": "rasterio", "affine": "affine", "shapely": "shapely",
                 "pyproj": "pyproj", "pyogrio": "pyogrio", "cv2": "opencv-python-headless",
                 "scipy": "scipy", "PIL": "pillow"}
 VLM_MODULES = {"torch": "torch", "torchvision": "torchvision", "transformers": "transformers"}
 SAM_MODULES = {"segment_anything": "segment-anything"}
-
-
-def missing(modules: dict[str, str]) -> list[str]:
-    """Pip names of the modules that cannot be found (checked without importing them)."""
-    out = []
-    for mod, pip_name in modules.items():
-        try:
-            found = importlib.util.find_spec(mod) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            out.append(pip_name)
-    return out
+MODEL_PACKAGES = set(VLM_MODULES.values()) | set(SAM_MODULES.values())
 
 
 def python_executable() -> str:
-    """The Python that QGIS runs (inside QGIS, sys.executable can be the qgis binary itself)."""
-    exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python"):
-        return exe
-    candidate = os.path.join(sys.exec_prefix, "bin", "python3")
-    if os.path.exists(candidate):
-        return candidate
-    candidate = os.path.join(sys.exec_prefix, "python.exe")
-    if os.path.exists(candidate):
-        return candidate
-    return shutil.which("python3") or "python3"
-
-
-def install_command(packages: list[str], python: str | None = None) -> str:
-    if packages and set(packages) <= set(BASE_MODULES.values()):
-        target = f'-r "{os.path.join(PLUGIN_DIR, "requirements-plugin.txt")}"'
-    else:
-        target = " ".join(packages)
-    return f'"{python or python_executable()}" -m pip install --user {target}'
+    """The Python that QGIS runs on (inside QGIS, sys.executable can be the qgis binary itself)."""
+    return base_python() or "python3"
 
 
 def explain_missing(packages: list[str], what: str, python: str | None = None) -> str:
+    """One message that names the button that fixes it (and the manual alternative)."""
     python = python or python_executable()
-    return (f"{what} needs Python packages that {python} cannot import: {', '.join(packages)}.\n\n"
-            f"Install them, then run again:\n\n{install_command(packages, python)}\n\n"
-            "Or point Plugins > SocioSeg > Settings > 'Python for the backend' at an environment that has "
-            "them (the repository's scripts/setup.sh makes one in .venv).")
+    model_only = bool(packages) and set(packages) <= MODEL_PACKAGES
+    button = MODELS_BUTTON if model_only else SETUP_BUTTON
+    does = ("installs torch (the CPU or CUDA build this machine needs), transformers and segment-anything into "
+            "the plugin's environment" if model_only else
+            "makes the plugin's own Python environment and installs them (a few minutes, once)")
+    return (f"{what} needs Python packages that the backend's Python ({python}) cannot import: "
+            f"{', '.join(packages)}. Press {button}: it {does}. Or set "
+            "Settings > Python for the backend to an interpreter that has them.")

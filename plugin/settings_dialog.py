@@ -1,36 +1,53 @@
-"""Settings dialog: VLM, segmenter, device, budget, resolution and tiles; Diagnostics."""
+"""Settings dialog: the backend's Python environment, the models (presence and Download), engines, device,
+budget, resolution and tiles; Diagnostics."""
 from __future__ import annotations
 
-from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
-                                 QFormLayout, QLineEdit, QMessageBox, QPushButton, QSpinBox, QVBoxLayout)
+import os
+import subprocess
 
+from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
+                                 QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QPushButton,
+                                 QSpinBox, QVBoxLayout)
+
+from . import environment as env
+from . import models
 from .settings import PluginSettings
 
+SETUP_TEXT = "Set up Python environment"
+MODELS_TEXT = "Install model packages"
 
-def diagnostics_text() -> str:
-    """`python -m backend info` run by the backend's own Python, plus what QGIS runs."""
-    import subprocess
+
+def diagnostics_text(python: str | None = None) -> str:
+    """`python -m backend info` run by the backend's own Python (the one typed in the dialog, if any), plus
+    what QGIS runs. A Python that lacks packages gets the message naming the button, not a traceback."""
     import sys
 
     from qgis.core import Qgis
 
-    from .deps import PLUGIN_DIR
+    from .deps import explain_missing
     from .worker_client import worker_env, worker_python
 
-    python = worker_python(PluginSettings.load().python)
+    python = worker_python(PluginSettings.load().python if python is None else python)
     head = f"QGIS {Qgis.QGIS_VERSION}, QGIS Python {sys.version.split()[0]}\nbackend Python {python}\n"
     try:
-        r = subprocess.run([python, "-m", "backend", "info"], cwd=PLUGIN_DIR, capture_output=True, text=True,
+        r = subprocess.run([python, "-m", "backend", "info"], cwd=env.PLUGIN_DIR, capture_output=True, text=True,
                            timeout=120, env=worker_env(python))
-        return head + (r.stdout if r.returncode == 0 else f"backend info failed ({r.returncode}): {r.stderr[-1500:]}")
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return head + f"backend info could not run: {exc}"
+        return head + f"The backend's Python cannot run ({exc}). Press {env.SETUP_BUTTON}, or correct " \
+                      "Settings > Python for the backend."
+    if r.returncode == 0:
+        return head + r.stdout
+    missing = env.probe(python, env.LIGHT_MODULES).get("missing")
+    if missing:
+        return head + explain_missing(missing, "The backend", python)
+    return head + f"backend info failed ({r.returncode}): {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}"
 
 
 class SettingsDialog(QDialog):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setWindowTitle("SocioSeg settings")
+        self.data = env.data_dir()
         s = PluginSettings.load()
         self.vlm = QLineEdit(s.vlm_model)
         self.vlm.setToolTip("Hugging Face id or local folder of the vision-language model")
@@ -49,13 +66,50 @@ class SettingsDialog(QDialog):
         self.tile.setRange(128, 4096)
         self.tile.setValue(s.tile_size)
         self.python = QLineEdit(s.python)
-        self.python.setPlaceholderText("automatic: the plugin's .venv, else QGIS's Python")
-        self.python.setToolTip("The Python interpreter that runs the detection (it needs the packages "
-                               "of requirements.txt); detection runs in its own process")
+        self.python.setPlaceholderText("automatic: the environment set up below, else QGIS's Python")
+        self.python.setToolTip("The Python interpreter that runs the detection in its own process; leave it "
+                               "empty to use the plugin's own environment")
+
+        self.env_state = QLabel()
+        self.env_state.setWordWrap(True)
+        self.setup_button = QPushButton(SETUP_TEXT)
+        self.setup_button.setToolTip(f"Makes a virtual environment in {env.venv_dir(self.data)} from QGIS's Python "
+                                     "and installs the backend's packages (requirements-plugin.txt)")
+        self.setup_button.clicked.connect(self.set_up_environment)
+        self.torch_plan = env.torch_plan(gpu=env.nvidia_gpu())
+        self.models_button = QPushButton(MODELS_TEXT)
+        self.models_button.setToolTip("torch, torchvision, transformers and segment-anything for the "
+                                      "vision-language engine: " + self.torch_plan.description)
+        self.models_button.clicked.connect(self.install_model_packages)
+        self.plan_label = QLabel(f"torch: {self.torch_plan.description}")
+        self.plan_label.setWordWrap(True)
+        env_box = QGroupBox("Python environment of the backend")
+        env_form = QFormLayout(env_box)
+        env_form.addRow("Status", self.env_state)
+        env_row = QHBoxLayout()
+        env_row.addWidget(self.setup_button)
+        env_row.addWidget(self.models_button)
+        env_form.addRow(env_row)
+        env_form.addRow(self.plan_label)
+        env_form.addRow("Python for the backend", self.python)
+
+        self.vlm_state, self.seg_state = QLabel(), QLabel()
+        for label in (self.vlm_state, self.seg_state):
+            label.setWordWrap(True)
+        self.vlm_download = QPushButton("Download")
+        self.vlm_download.clicked.connect(lambda: self.download(self.vlm, "Vision-language model"))
+        self.seg_download = QPushButton("Download")
+        self.seg_download.clicked.connect(lambda: self.download(self.segmenter, "Segmenter"))
+        model_box = QGroupBox(f"Models (downloads go to {models.models_dir(self.data)})")
+        model_form = QFormLayout(model_box)
+        model_form.addRow("Vision-language model", self.vlm)
+        model_form.addRow(self._row(self.vlm_state, self.vlm_download))
+        model_form.addRow("Segmenter", self.segmenter)
+        model_form.addRow(self._row(self.seg_state, self.seg_download))
+        self.vlm.editingFinished.connect(self.refresh)
+        self.segmenter.editingFinished.connect(self.refresh)
+
         form = QFormLayout()
-        form.addRow("Python for the backend", self.python)
-        form.addRow("Vision-language model", self.vlm)
-        form.addRow("Segmenter", self.segmenter)
         form.addRow("Device", self.device)
         form.addRow("Response budget (tokens)", self.tokens)
         form.addRow("Default resolution (m/px)", self.resolution)
@@ -66,10 +120,118 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         box = QVBoxLayout()
+        box.addWidget(env_box)
+        box.addWidget(model_box)
         box.addLayout(form)
         box.addWidget(diag)
         box.addWidget(buttons)
         self.setLayout(box)
+        self.refresh()
+
+    @staticmethod
+    def _row(label, button):
+        row = QHBoxLayout()
+        row.addWidget(label, 1)
+        row.addWidget(button)
+        return row
+
+    def backend_python(self) -> str:
+        from .worker_client import worker_python
+
+        return worker_python(self.python.text().strip())
+
+    def refresh(self) -> None:
+        st = env.status(env.venv_dir(self.data))
+        self.env_state.setText(st.text)
+        self.models_button.setEnabled(st.state == "ready")
+        folder = models.models_dir(self.data)
+        vlm = models.model_status(self.vlm.text().strip(), folder, "Vision-language model")
+        seg = models.model_status(models.segmenter_model(self.segmenter.text())[1], folder, "Segmenter")
+        for state, button, status in ((self.vlm_state, self.vlm_download, vlm), (self.seg_state, self.seg_download, seg)):
+            state.setText(("✔ " if status.present else "✘ ") + status.text)
+            button.setEnabled(status.downloadable and not status.present)
+
+    # --- the environment ----------------------------------------------------------------------------
+    def set_up_environment(self, run_now: bool = False):
+        from .setup_dialog import run_environment_setup
+
+        return run_environment_setup(self, self.refresh, run_now=run_now)
+
+    def install_model_packages(self, run_now: bool = False):
+        from .setup_dialog import TaskWindow, model_packages_task, start
+
+        if not run_now and QMessageBox.question(
+                self, "SocioSeg: install the model packages?",
+                f"Install torch and torchvision — {self.torch_plan.description} — then transformers and "
+                "segment-anything into the plugin's environment. This downloads several GB; QGIS stays "
+                "usable meanwhile.", QMessageBox.Yes | QMessageBox.No) != QMessageBox.Yes:
+            return None
+        window = None
+
+        def done(task):
+            window.done_with(task, "The model packages are installed. Download the models below.")
+            self.refresh()
+
+        task = model_packages_task(self.data, self.torch_plan, done)
+        window = TaskWindow(task, self, f"Installing torch ({self.torch_plan.description}), transformers and "
+                                        "segment-anything…")
+        self._keep = window
+        window.show()
+        start(task, run_now)
+        return task
+
+    # --- the models ---------------------------------------------------------------------------------
+    def download(self, field: QLineEdit, what: str, run_now: bool = False, confirm: bool = True):
+        """Size first, then the download as a task; the field then names the downloaded folder."""
+        from ..backend.contract import parse_line
+        from .setup_dialog import CommandsTask, TaskWindow, start
+        from .worker_client import worker_env
+
+        spec = field.text().strip()
+        ref = models.segmenter_model(spec)[1] if field is self.segmenter else spec
+        python = self.backend_python()
+        dest = models.folder_for(ref, models.models_dir(self.data))
+        try:
+            r = subprocess.run(models.download_command(python, ref, dest, size_only=True), cwd=env.PLUGIN_DIR,
+                               capture_output=True, text=True, timeout=60, env=worker_env(python))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            QMessageBox.warning(self, "SocioSeg", f"The backend's Python cannot run ({exc}): press {SETUP_TEXT}.")
+            return None
+        lines = r.stdout.splitlines()
+        size = models.parse_size(lines)
+        if size is None:
+            error = next((m.text for m in map(parse_line, lines) if m and m.kind == "ERROR"), None)
+            if error is None and "No module named" in r.stderr:
+                error = f"the backend's Python ({python}) lacks huggingface_hub: press {SETUP_TEXT} first."
+            QMessageBox.warning(self, f"SocioSeg: cannot download the {what.lower()}", error or r.stderr[-500:])
+            return None
+        if confirm and QMessageBox.question(
+                self, f"SocioSeg: download the {what.lower()}?",
+                f"{ref}: {models.human_size(size[0])} in {size[1]} files, into {dest}. Download now? Cancel keeps "
+                "what has arrived; pressing Download again resumes.", QMessageBox.Yes | QMessageBox.No) != QMessageBox.Yes:
+            return None
+        window = None
+
+        def progress(text):
+            m = parse_line(text)
+            return m.fraction if m is not None and m.kind == "PROGRESS" else None
+
+        def done(task):
+            if not task.error and not task.cancelled:
+                field.setText(dest if field is self.vlm else f"{models.segmenter_model(spec)[0]}:{dest}")
+                s = PluginSettings.load()
+                s.vlm_model, s.segmenter = self.vlm.text().strip(), self.segmenter.text().strip()
+                s.save()
+            window.done_with(task, f"Downloaded to {dest}; Settings now use that folder.")
+            self.refresh()
+
+        step = env.Step(f"Downloading {ref}", models.download_command(python, ref, dest))
+        task = CommandsTask(f"Download {ref}", [step], None, os.path.join(self.data, "download.log"), done, progress)
+        window = TaskWindow(task, self, f"Downloading {ref} ({models.human_size(size[0])}) into {dest}…")
+        self._keep = window
+        window.show()
+        start(task, run_now)
+        return task
 
     def accept(self) -> None:
         s = PluginSettings.load()
@@ -84,6 +246,6 @@ class SettingsDialog(QDialog):
         super().accept()
 
     def show_diagnostics(self) -> None:
-        text = diagnostics_text()
+        text = diagnostics_text(self.python.text().strip())
         QApplication.clipboard().setText(text)
         QMessageBox.information(self, "SocioSeg diagnostics (copied to the clipboard)", text)

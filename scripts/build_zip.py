@@ -2,12 +2,14 @@
 
     .venv/bin/python scripts/build_zip.py [--out dist/socioseg.zip]
 
-Only tracked files go in (git ls-files), minus what QGIS does not need: tests, training, benchmarks,
-scripts, CI files.
+An ALLOW-list, not a deny-list: only tracked files (git ls-files) that a user's QGIS needs go in, so
+tests, training, benchmarks, developer scripts, caches, a pytest-qgis profile or anything a developer
+leaves in the tree can never slip into a release.
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import subprocess
 import sys
@@ -15,12 +17,27 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "socioseg"
-EXCLUDE_TOP = {"tests", "training", "benchmarks", "scripts", ".ci", ".gitignore", "pytest.ini", "docs"}
+
+# What the installed plugin uses: QGIS reads metadata.txt and __init__.py; the panel and the worker
+# import plugin/ and backend/; resources/ holds the icon, style, class table, legends and the sample;
+# the environment manager installs the two requirements files; the Help button opens the README.
+ALLOW = ["metadata.txt", "__init__.py", "README.md", "LICENSE", "requirements-plugin.txt",
+         "requirements-models.txt", "plugin/*.py", "backend/*.py", "backend/*/*.py", "resources/*"]
+
+
+def allowed(path: str) -> bool:
+    # fnmatch's "*" crosses "/", so "plugin/*.py" must be kept from matching deeper folders by hand
+    if "__pycache__" in path or path.endswith((".pyc", ".pyo")):
+        return False
+    for pattern in ALLOW:
+        if fnmatch.fnmatch(path, pattern) and (pattern.endswith("/*") or path.count("/") == pattern.count("/")):
+            return True
+    return False
 
 
 def plugin_files() -> list[str]:
     out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [f for f in out.splitlines() if f.split("/")[0] not in EXCLUDE_TOP and "__pycache__" not in f]
+    return sorted(f for f in out.splitlines() if allowed(f) and os.path.isfile(os.path.join(ROOT, f)))
 
 
 def build(out: str) -> str:
@@ -34,7 +51,7 @@ def build(out: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "dist", f"{PACKAGE}.zip"))
     args = ap.parse_args()
     path = build(args.out)

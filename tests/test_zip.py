@@ -4,21 +4,51 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from helpers import ROOT
 
+# What a user's QGIS needs, stated here independently of the builder's own allow-list.
+TOP_LEVEL = {"metadata.txt", "__init__.py", "README.md", "requirements-plugin.txt", "requirements-models.txt"}
+MUST_HAVE = {"plugin/main.py", "plugin/environment.py", "plugin/models.py", "backend/worker.py",
+             "backend/cli.py", "backend/download.py", "resources/icon.png", "resources/style.qml",
+             "resources/socio_classes.json", "resources/legends/osm_carto.json", "resources/sample/map.gpkg",
+             "resources/sample/satellite.tif"}
+NEVER = ("tests/", "training/", "benchmarks/", "scripts/", "docs/", ".ci/", ".qgis-settings/", ".venv/",
+         "dist/", "out/", "models/")
 
-def test_plugin_zip_is_installable(tmp_path):
-    out = tmp_path / "socioseg.zip"
+
+def tracked() -> list[str]:
+    return subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+
+@pytest.fixture(scope="module")
+def built_zip(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zip") / "socioseg.zip"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "build_zip.py"), "--out", str(out)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    with zipfile.ZipFile(out) as z:
+    return out
+
+
+def test_zip_holds_exactly_what_the_plugin_needs(built_zip):
+    with zipfile.ZipFile(built_zip) as z:
         names = z.namelist()
+    assert len(names) == len(set(names))
+    assert all(n.startswith("socioseg/") for n in names)
+    inner = {n[len("socioseg/"):] for n in names}
+    files = tracked()
+    expected = (TOP_LEVEL & set(files)) | {f for f in files if f.startswith(("plugin/", "backend/")) and f.endswith(".py")} \
+        | {f for f in files if f.startswith("resources/")}
+    assert inner == expected, {"unexpected": sorted(inner - expected), "missing": sorted(expected - inner)}
+    assert MUST_HAVE <= inner, sorted(MUST_HAVE - inner)
+    assert TOP_LEVEL <= inner, sorted(TOP_LEVEL - inner)
+    assert not [n for n in inner if n.startswith(NEVER) or "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_plugin_zip_is_installable(built_zip, tmp_path):
+    with zipfile.ZipFile(built_zip) as z:
         z.extractall(tmp_path / "plugins")
-    assert {n.split("/")[0] for n in names} == {"socioseg"}
-    assert "socioseg/metadata.txt" in names and "socioseg/__init__.py" in names
-    assert not any(n.startswith(("socioseg/tests/", "socioseg/.venv", "socioseg/training/")) for n in names)
-    assert "socioseg/resources/icon.png" in names and "socioseg/resources/style.qml" in names
     meta = configparser.ConfigParser()
     meta.read(tmp_path / "plugins" / "socioseg" / "metadata.txt")
     g = meta["general"]

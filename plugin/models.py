@@ -1,0 +1,124 @@
+"""Model files: are the vision-language model and the segmenter here, and how to download them.
+
+No Qt and no QGIS: the Settings dialog shows `model_status` and runs `download_command` in the backend's
+Python (huggingface_hub lives there), reading its lines through backend/contract.py.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass
+
+WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+MARKER = ".socioseg-download.json"        # written by `python -m backend download` when every file is in
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def models_dir(data: str) -> str:
+    return os.path.join(data, "models")
+
+
+def is_hub_id(ref: str) -> bool:
+    return bool(HF_ID.match(ref or "")) and not os.path.exists(os.path.expanduser(ref))
+
+
+def folder_for(ref: str, models: str) -> str:
+    """Where the download of hub id `ref` goes: <models>/<name>."""
+    return os.path.join(models, ref.rstrip("/").split("/")[-1])
+
+
+def segmenter_model(spec: str) -> tuple[str, str | None]:
+    """(kind, model reference) of a segmenter spec: grabcut has none, sam2 an id or folder, sam a file."""
+    kind, _, rest = (spec or "grabcut").strip().partition(":")
+    kind = kind.lower()
+    if kind == "sam":
+        return kind, rest.partition(":")[2] or None
+    return kind, (rest or None) if kind == "sam2" else None
+
+
+def complete_folder(path: str) -> str | None:
+    """None when `path` holds a usable model, else what is missing (one short phrase)."""
+    if not os.path.isdir(path):
+        return "not downloaded"
+    if os.path.isdir(os.path.join(path, ".partial")) and os.listdir(os.path.join(path, ".partial")):
+        return "download not finished (press Download to resume)"
+    marker = os.path.join(path, MARKER)
+    if os.path.exists(marker):
+        try:
+            with open(marker, encoding="utf-8") as f:
+                files = json.load(f)["files"]
+        except (OSError, ValueError, KeyError):
+            return "download record unreadable (press Download again)"
+        lost = [f for f in files if not os.path.exists(os.path.join(path, f))]
+        return f"{len(lost)} file(s) missing, e.g. {lost[0]}" if lost else None
+    if not os.path.exists(os.path.join(path, "config.json")):
+        return "no config.json in the folder"
+    index = glob.glob(os.path.join(path, "*.index.json"))
+    if index:
+        try:
+            with open(index[0], encoding="utf-8") as f:
+                shards = set(json.load(f)["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            return f"unreadable {os.path.basename(index[0])}"
+        lost = sorted(s for s in shards if not os.path.exists(os.path.join(path, s)))
+        return f"weight shard {lost[0]} missing" if lost else None
+    if not any(glob.glob(os.path.join(path, w)) for w in WEIGHTS):
+        return "no weight files in the folder"
+    return None
+
+
+def _hf_cache_snapshot(ref: str) -> str | None:
+    home = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
+    for snap in sorted(glob.glob(os.path.join(home, "models--" + ref.replace("/", "--"), "snapshots", "*"))):
+        if complete_folder(snap) is None:
+            return snap
+    return None
+
+
+@dataclass
+class ModelStatus:
+    present: bool
+    path: str | None        # where it is (or will be downloaded to)
+    text: str               # one line for the Settings dialog
+    downloadable: bool      # a hub id the Download button can fetch
+
+
+def model_status(ref: str | None, models: str, what: str) -> ModelStatus:
+    if not ref:
+        return ModelStatus(True, None, f"{what}: none needed", False)
+    path = os.path.expanduser(ref)
+    if not is_hub_id(ref):
+        if os.path.isfile(path):          # a SAM checkpoint file
+            return ModelStatus(True, path, f"{what}: present ({path})", False)
+        problem = complete_folder(path)
+        return ModelStatus(problem is None, path, f"{what}: " + ("present" if problem is None else problem)
+                           + f" ({path})", False)
+    local = folder_for(ref, models)
+    problem = complete_folder(local)
+    if problem is None:
+        return ModelStatus(True, local, f"{what}: downloaded ({local})", True)
+    cached = _hf_cache_snapshot(ref)
+    if cached:
+        return ModelStatus(True, cached, f"{what}: in the Hugging Face cache ({cached})", True)
+    return ModelStatus(False, local, f"{what}: {ref} {problem} (Download puts it in {local})", True)
+
+
+def download_command(python: str, ref: str, dest: str, size_only: bool = False) -> list[str]:
+    return [python, "-m", "backend", "download", ref, "--dest", dest, *(["--size-only"] if size_only else [])]
+
+
+def parse_size(lines: list[str]) -> tuple[int, int] | None:
+    """(bytes, files) from the SIZE line of `python -m backend download --size-only`."""
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "SIZE":
+            return int(parts[1]), int(parts[2])
+    return None
+
+
+def human_size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+

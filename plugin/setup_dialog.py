@@ -1,0 +1,204 @@
+"""The Qt half of the environment and model set-up: one QgsTask that runs commands with progress and a
+log, a small window that shows them, and the offer made on the first Run. The commands themselves are
+built and checked in environment.py and models.py (no Qt)."""
+from __future__ import annotations
+
+import os
+import time
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
+                                 QVBoxLayout)
+
+from . import environment as env
+
+TAG = "SocioSeg"
+
+
+class CommandsTask(QgsTask):
+    """Runs `steps` (environment.Step) one after another, then `check()` (in the task's thread: it may run
+    a subprocess) which returns None or what is wrong. Output lines go to `line`, the log panel and a log
+    file; `on_done(task)` runs on the main thread."""
+
+    line = pyqtSignal(str)
+
+    def __init__(self, title: str, steps, check=None, log_file: str | None = None, on_done=None,
+                 parse_progress=None):
+        super().__init__(title, QgsTask.CanCancel)
+        self.title, self.steps, self.check = title, list(steps), check
+        self.log_file, self.on_done, self.parse_progress = log_file, on_done, parse_progress
+        self.error: str | None = None
+        self.cancelled = False
+        self.tail: list[str] = []
+
+    def _say(self, text: str) -> None:
+        self.tail = (self.tail + [text])[-30:]
+        self.line.emit(text)
+        if self.log_file:
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(text + "\n")
+
+    def run(self) -> bool:
+        if self.log_file:
+            os.makedirs(os.path.dirname(self.log_file), exist_ok=True)
+            self._say(f"--- {self.title}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        total = sum(s.weight for s in self.steps) or 1.0
+        start = 0.0
+        for step in self.steps:
+            self._say(f"$ {' '.join(step.argv)}")
+            seen = [0]
+
+            def on_line(text, step=step, start=start):
+                self._say(text)
+                frac = None
+                if self.parse_progress is not None:
+                    frac = self.parse_progress(text)
+                elif step.expected_packages:
+                    seen[0], frac = env.pip_progress(text, seen[0], step.expected_packages)
+                if frac is not None:
+                    self.setProgress(100.0 * (start + step.weight * frac) / total)
+
+            self.setProgress(100.0 * start / total)
+            try:
+                rc = env.run_streaming(step.argv, on_line, self.isCanceled, cwd=env.PLUGIN_DIR)
+            except OSError as exc:
+                self.error = f"{step.label} could not start: {exc}"
+                return False
+            if rc == -1 or self.isCanceled():
+                self.cancelled = True
+                self._say("cancelled")
+                return False
+            if rc != 0:
+                last = next((t for t in reversed(self.tail) if t.startswith("ERROR ")), None)
+                self.error = last[6:] if last else f"{step.label} failed (exit code {rc}); the log says why"
+                return False
+            start += step.weight
+        if self.check is not None:
+            self._say("checking the result…")
+            self.error = self.check()
+            if self.error:
+                self._say(self.error)
+                return False
+        self.setProgress(100.0)
+        self._say("done")
+        return True
+
+    def finished(self, ok: bool) -> None:
+        if self.error:
+            QgsMessageLog.logMessage(f"{self.title}: {self.error}", TAG, Qgis.Warning)
+        if self.on_done is not None:
+            self.on_done(self)
+
+
+class TaskWindow(QDialog):
+    """Progress, the live log and Cancel / Close for one CommandsTask; closing it leaves the task running
+    in QGIS's task manager."""
+
+    def __init__(self, task: CommandsTask, parent=None, intro: str = ""):
+        super().__init__(parent)
+        self.setWindowTitle(f"SocioSeg: {task.title}")
+        self.resize(720, 420)
+        self.task = task
+        self.state = QLabel(intro or task.title)
+        self.state.setWordWrap(True)
+        self.bar = QProgressBar()
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel | QDialogButtonBox.Close)
+        self.buttons.button(QDialogButtonBox.Cancel).clicked.connect(task.cancel)
+        self.buttons.rejected.connect(self.hide)
+        box = QVBoxLayout(self)
+        for w in (self.state, self.bar, self.log, self.buttons):
+            box.addWidget(w)
+        task.line.connect(self.log.appendPlainText)
+        task.progressChanged.connect(lambda v: self.bar.setValue(int(v)))
+
+    def done_with(self, task: CommandsTask, success_text: str) -> None:
+        self.buttons.button(QDialogButtonBox.Cancel).setEnabled(False)
+        if task.cancelled:
+            self.state.setText("Cancelled. Press the button again to continue where it stopped.")
+        elif task.error:
+            self.state.setText(f"Failed: {task.error}")
+        else:
+            self.bar.setValue(100)
+            self.state.setText(success_text)
+
+
+def start(task: CommandsTask, run_now: bool = False) -> None:
+    """In QGIS's task manager, or synchronously (scripts and tests)."""
+    if run_now:
+        task.finished(task.run())
+    else:
+        QgsApplication.taskManager().addTask(task)
+
+
+def environment_task(data: str, on_done=None, base: str | None = None) -> CommandsTask:
+    """Create the data folder's venv from QGIS's Python and install requirements-plugin.txt; then import
+    everything the backend needs in it and record it as ready."""
+    venv = env.venv_dir(data)
+    base = base or env.base_python()
+    modules = env.LIGHT_MODULES
+
+    def check():
+        result = env.probe(env.venv_python(venv), modules)
+        if result.get("missing") is None or result["missing"]:
+            errors = "; ".join(f"{m}: {e}" for m, e in result.get("errors", {}).items())
+            return f"the environment was made but cannot import {errors}"
+        env.mark_ready(venv, ["light"])
+        return None
+
+    steps = env.setup_steps(base or "python3", venv)
+    return CommandsTask("Set up Python environment", steps, check, os.path.join(data, "setup.log"), on_done)
+
+
+def model_packages_task(data: str, plan: env.TorchPlan, on_done=None) -> CommandsTask:
+    venv = env.venv_dir(data)
+
+    def check():
+        result = env.probe(env.venv_python(venv), {**env.LIGHT_MODULES, **env.MODEL_MODULES})
+        if result.get("missing") is None or result["missing"]:
+            errors = "; ".join(f"{m}: {e}" for m, e in result.get("errors", {}).items())
+            return f"the model packages were installed but cannot be imported: {errors}"
+        env.mark_ready(venv, ["light", "models"])
+        return None
+
+    return CommandsTask("Install model packages", env.model_steps(venv, plan), check,
+                        os.path.join(data, "setup.log"), on_done)
+
+
+def offer_setup(parent, problem: str, on_ready=None) -> bool:
+    """The first Run's offer when the backend's Python lacks packages: set the environment up now.
+    Returns True when the set-up was started."""
+    answer = QMessageBox.question(parent, "SocioSeg: set up the Python environment?",
+                                  f"{problem}\n\nSet up the plugin's Python environment now? It downloads about "
+                                  "150 MB once; QGIS stays usable meanwhile.", QMessageBox.Yes | QMessageBox.No,
+                                  QMessageBox.Yes)
+    if answer != QMessageBox.Yes:
+        return False
+    run_environment_setup(parent, on_ready)
+    return True
+
+
+_windows: list = []     # keep the windows of running tasks alive
+
+
+def run_environment_setup(parent, on_ready=None, run_now: bool = False) -> CommandsTask:
+    data = env.data_dir()
+    window = None
+
+    def done(task):
+        if window is not None:
+            window.done_with(task, "The environment is ready: press Run.")
+        if not task.error and not task.cancelled and on_ready is not None:
+            on_ready()
+
+    base = env.base_python()
+    task = environment_task(data, done, base)
+    window = TaskWindow(task, parent, f"Making the plugin's Python environment in {env.venv_dir(data)} from "
+                                      f"{base} and installing the backend's packages…")
+    _windows.append(window)
+    window.show()
+    start(task, run_now)
+    return task
