@@ -1,26 +1,33 @@
-"""Capturing QGIS layers over an area onto one grid, with QGIS's own renderer.
+"""Capturing QGIS layers over an area into a scene folder (backend/contract.py), tile by tile.
 
-Both layers are rendered with the same QgsMapSettings (only the layer list differs), so the two images
-are aligned by construction, and the georeference is taken from the settings' visibleExtent(), which
-QGIS widens to the output's aspect ratio. Only QGIS and numpy are used here: the detection itself runs
-in the backend's worker process (plugin/worker_client.py).
+Each layer group is rendered by QGIS block by block (one QgsMapSettings per block extent) straight into
+a GeoTIFF on the grid, so no whole-area image is ever held in QGIS's memory, and a cancel is honoured
+between blocks. The block's georeference is read back from the rendered settings' visibleExtent()
+(QGIS widens an extent to the output's aspect ratio) and checked against the grid. Vector map layers
+also go to a GeoPackage (QGIS's own writer), reprojected to the grid's CRS, for the map reader.
+
+Only QGIS, QGIS's own GDAL (osgeo) and numpy are used here: rasterio, shapely, pyproj and torch would
+bring second copies of GDAL / GEOS / PROJ into QGIS's process (see the README).
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeatureRequest,
-                       QgsMapLayer, QgsMapRendererCustomPainterJob, QgsMapSettings, QgsProject,
-                       QgsRectangle, QgsUnitTypes)
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsMapLayer,
+                       QgsMapRendererCustomPainterJob, QgsMapSettings, QgsProject, QgsRectangle,
+                       QgsUnitTypes, QgsVectorFileWriter, QgsVectorLayer)
 from qgis.PyQt.QtCore import QSize
 from qgis.PyQt.QtGui import QColor, QImage, QPainter
 
-CARTO_BACKGROUND = (242, 239, 233)
+CARTO_BACKGROUND = (242, 239, 233)   # a vector map is drawn on OSM Carto's land colour, like the training maps
+BLOCK = 1024                         # pixels per rendered block side: bounds QGIS's memory per layer group
+MARGIN = 32                          # rendered around each block and cut off, so symbols at block edges are whole
 
 
-def units_per_metre(crs: QgsCoordinateReferenceSystem, latitude: float = 0.0) -> float:
-    """Map units in one metre of ground (degrees take the latitude into account for x)."""
+def units_per_metre(crs: QgsCoordinateReferenceSystem) -> float:
+    """Map units in one metre of ground (degrees: the mean metre of a degree)."""
     units = crs.mapUnits()
     if units == QgsUnitTypes.DistanceDegrees:
         return 1.0 / 111_320.0
@@ -28,26 +35,32 @@ def units_per_metre(crs: QgsCoordinateReferenceSystem, latitude: float = 0.0) ->
     return factor if factor > 0 else 1.0
 
 
-def plan_size(extent: QgsRectangle, crs, resolution_m: float) -> tuple[int, int, float]:
-    """(width, height, map units per pixel) of a capture of `extent` at `resolution_m` metres/px."""
+def plan_grid(extent: QgsRectangle, crs, resolution_m: float):
+    """The contract's GridSpec over `extent` (in `crs`) at `resolution_m` metres per pixel."""
+    from ..backend.contract import GridSpec
     from ..backend.errors import InputError
 
     if extent is None or extent.isEmpty() or extent.width() <= 0 or extent.height() <= 0:
-        raise InputError("the area is empty: choose the canvas extent, a layer's extent or draw a rectangle")
+        raise InputError("the Area is empty: choose the canvas extent, a layer's extent or draw a rectangle")
     if resolution_m <= 0 or not math.isfinite(resolution_m):
-        raise InputError("the resolution must be a positive number of metres per pixel")
-    res = resolution_m * units_per_metre(crs, extent.center().y())
-    return max(1, int(math.ceil(extent.width() / res))), max(1, int(math.ceil(extent.height() / res))), res
+        raise InputError("the Resolution must be a positive number of metres per pixel")
+    if not crs.isValid():
+        raise InputError("the project has no valid CRS: set one in Project > Properties > CRS")
+    res = resolution_m * units_per_metre(crs)
+    width = max(1, int(math.ceil(extent.width() / res - 1e-9)))
+    height = max(1, int(math.ceil(extent.height() / res - 1e-9)))
+    return GridSpec(crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED),
+                    (res, 0.0, extent.xMinimum(), 0.0, -res, extent.yMaximum()), width, height)
 
 
-def map_settings(extent: QgsRectangle, crs, width: int, height: int, layers) -> QgsMapSettings:
+def map_settings(extent: QgsRectangle, crs, width: int, height: int, layers, background=None) -> QgsMapSettings:
     ms = QgsMapSettings()
     ms.setDestinationCrs(crs)
     ms.setLayers(layers)
     ms.setExtent(extent)
     ms.setOutputSize(QSize(width, height))
     ms.setOutputDpi(96)
-    ms.setBackgroundColor(QColor(0, 0, 0, 0))
+    ms.setBackgroundColor(QColor(*background) if background else QColor(0, 0, 0, 0))
     ms.setTransformContext(QgsProject.instance().transformContext())
     ms.setFlag(QgsMapSettings.Antialiasing, True)
     return ms
@@ -70,85 +83,133 @@ def render(ms: QgsMapSettings):
     return arr[:, : size.width() * 4].reshape(size.height(), size.width(), 4).copy()
 
 
+def blocks(width: int, height: int, size: int | None = None) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, w, h) of the non-overlapping render blocks covering the grid, row by row."""
+    size = size or BLOCK
+    return [(x, y, min(size, width - x), min(size, height - y))
+            for y in range(0, height, size) for x in range(0, width, size)]
+
+
+def render_to_geotiff(layers, grid, crs, path: str, background=None, progress=None, cancel=None) -> bool:
+    """Render `layers` over the grid into an RGBA GeoTIFF block by block; True if any pixel is drawn.
+    Raises Cancelled between blocks when `cancel()` turns true (the partial file is the caller's to drop)."""
+    from osgeo import gdal
+
+    from ..backend.errors import Cancelled
+
+    a, _, x_min, _, e, y_max = grid.transform
+    ds = gdal.GetDriverByName("GTiff").Create(path, grid.width, grid.height, 4, gdal.GDT_Byte,
+                                              ["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER",
+                                               "PHOTOMETRIC=RGB", "ALPHA=YES"])
+    if ds is None:
+        raise OSError(f"cannot create {path}: {gdal.GetLastErrorMsg()}")
+    try:
+        ds.SetGeoTransform((x_min, a, 0.0, y_max, 0.0, e))
+        ds.SetProjection(grid.crs_wkt)
+        drawn = False
+        todo = blocks(grid.width, grid.height)
+        for k, (x0, y0, w, h) in enumerate(todo):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled by the user")
+            ext = QgsRectangle(x_min + (x0 - MARGIN) * a, y_max + (y0 + h + MARGIN) * e,
+                               x_min + (x0 + w + MARGIN) * a, y_max + (y0 - MARGIN) * e)
+            ms = map_settings(ext, crs, w + 2 * MARGIN, h + 2 * MARGIN, layers, background)
+            rgba = render(ms)
+            v = ms.visibleExtent()      # where QGIS really drew, in grid pixels
+            col, row = (v.xMinimum() - x_min) / a + MARGIN, (v.yMaximum() - y_max) / e + MARGIN
+            if abs(col - x0) > 0.01 or abs(row - y0) > 0.01 or abs(v.width() / a - (w + 2 * MARGIN)) > 0.01:
+                raise RuntimeError(f"QGIS rendered block ({x0}, {y0}) at ({col:.3f}, {row:.3f}) px")
+            rgba = rgba[MARGIN:MARGIN + h, MARGIN:MARGIN + w]
+            drawn = drawn or bool((rgba[..., 3] > 0).any())
+            for band in range(4):
+                ds.GetRasterBand(band + 1).WriteArray(rgba[..., band], x0, y0)
+            if progress is not None:
+                progress((k + 1) / len(todo))
+        ds.FlushCache()
+        return drawn
+    finally:
+        ds = None   # closes the file (GDAL's Python idiom)
+
+
+def write_features(layers, crs, extent: QgsRectangle, path: str) -> int:
+    """Every vector layer's features inside `extent` (in `crs`) into one GeoPackage, one table per layer,
+    reprojected to `crs` with QGIS's own writer; returns how many features were written."""
+    ctx = QgsProject.instance().transformContext()
+    total = 0
+    for i, layer in enumerate(layers):
+        opts = QgsVectorFileWriter.SaveVectorOptions()
+        opts.driverName = "GPKG"
+        opts.fileEncoding = "UTF-8"
+        opts.layerName = f"map{i}_{layer.name()}"[:60]
+        opts.ct = QgsCoordinateTransform(layer.crs(), crs, QgsProject.instance())
+        opts.filterExtent = extent      # in the destination CRS: QGIS maps it back through `ct`
+        opts.actionOnExistingFile = (QgsVectorFileWriter.CreateOrOverwriteFile if i == 0
+                                     else QgsVectorFileWriter.CreateOrOverwriteLayer)
+        writer = getattr(QgsVectorFileWriter, "writeAsVectorFormatV3", QgsVectorFileWriter.writeAsVectorFormatV2)
+        res = writer(layer, path, ctx, opts)
+        if res[0] != QgsVectorFileWriter.NoError:
+            raise OSError(f"cannot write the map layer '{layer.name()}' to {path}: {res[1]}")
+        written = QgsVectorLayer(f"{path}|layername={opts.layerName}", "check", "ogr")
+        total += max(0, written.featureCount())
+    return total
+
+
 @dataclass
-class CapturedScene:
-    """What QGIS rendered over the area, aligned on one grid; no heavy imports needed to hold it."""
-    satellite: "object"            # H x W x 3 uint8
-    map_image: "object"
-    valid: "object"                # H x W bool
-    transform: tuple               # (a, b, c, d, e, f): pixel corner (col, row) -> map coordinates
-    crs_wkt: str
-    tiles: list
-    features: list | None          # vector map: [{"wkb": hex, "props": {...}, "layer": name}]
-
-    def pixel_to_map(self, col: float, row: float) -> tuple[float, float]:
-        a, b, c, d, e, f = self.transform
-        return a * col + b * row + c, d * col + e * row + f
+class LayerCapture:
+    """What was written into the scene folder: file names (relative to it), the grid and its tiles."""
+    grid: object                    # backend.contract.GridSpec
+    tiles: list                     # backend.geo.tiles.Tile, planned once, here
+    satellite: str
+    map_image: str
+    map_features: str | None
+    map_masks_coverage: bool
 
 
-def transform_of(ms: QgsMapSettings) -> tuple:
-    """The affine transform of a rendered QgsMapSettings, from its visible extent."""
-    v = ms.visibleExtent()
-    w, h = ms.outputSize().width(), ms.outputSize().height()
-    return (v.width() / w, 0.0, v.xMinimum(), 0.0, -v.height() / h, v.yMaximum())
-
-
-def _json_value(v):
-    if v is None or (hasattr(v, "isNull") and v.isNull()):
-        return None
-    if isinstance(v, (str, int, float, bool)):
-        return v
-    return str(v.toString() if hasattr(v, "toString") else v)
-
-
-def vector_features(layer, crs, extent: QgsRectangle) -> list[dict]:
-    """The layer's features inside `extent`, in `crs`, as WKB and JSON-safe attributes."""
-    to_map = QgsCoordinateTransform(layer.crs(), crs, QgsProject.instance())
-    request = QgsFeatureRequest().setFilterRect(
-        to_map.transformBoundingBox(extent, QgsCoordinateTransform.ReverseTransform))
-    names = [f.name() for f in layer.fields()]
-    out = []
-    for feat in layer.getFeatures(request):
-        geom = feat.geometry()
-        if geom is None or geom.isEmpty():
-            continue
-        geom.transform(to_map)
-        out.append({"wkb": bytes(geom.asWkb()).hex(), "layer": layer.name(),
-                    "props": {n: _json_value(v) for n, v in zip(names, feat.attributes())}})
-    return out
-
-
-def capture_scene(sat_layer, map_layer, extent: QgsRectangle, crs, resolution_m: float,
-                  tile_size: int = 768, overlap: int = 128, max_tiles: int = 256) -> CapturedScene:
-    """Both layers rendered over `extent` (in `crs`) on one grid; tiles are planned before rendering."""
-    import numpy as np
-
+def capture_scene(folder: str, sat_layer, map_layers: list, extent: QgsRectangle, crs, resolution_m: float,
+                  plan, progress=None, cancel=None) -> LayerCapture:
+    """Render the satellite and the map layers over `extent` (in `crs`) into `folder`; tiles are planned
+    (and a too large area refused) before anything is rendered."""
+    from ..backend import contract
     from ..backend.errors import InputError
-    from ..backend.geo.tiles import tile_layout
 
     if sat_layer is None or not sat_layer.isValid():
-        raise InputError("choose a valid satellite layer")
-    if map_layer is None or not map_layer.isValid():
-        raise InputError("choose a valid map layer")
-    width, height, _ = plan_size(extent, crs, resolution_m)
-    tiles = tile_layout(width, height, tile_size, overlap, max_tiles)   # refuses huge areas first
-    ms_sat = map_settings(extent, crs, width, height, [sat_layer])
-    sat = render(ms_sat)
-    mp = render(map_settings(extent, crs, width, height, [map_layer]))
-    valid = sat[..., 3] > 0
-    if not valid.any():
-        raise InputError(f"the satellite layer '{sat_layer.name()}' has no pixels in this area")
+        raise InputError("choose a valid Satellite layer")
+    map_layers = [m for m in map_layers or [] if m is not None]
+    if not map_layers or not all(m.isValid() for m in map_layers):
+        raise InputError("choose one or more valid Map layers")
+    if any(m.id() == sat_layer.id() for m in map_layers):
+        raise InputError(f"'{sat_layer.name()}' is both the Satellite layer and a Map layer: choose another map")
+    grid = plan_grid(extent, crs, resolution_m)
+    tiles = plan.layout(grid.width, grid.height)
+    vectors = [m for m in map_layers if m.type() == QgsMapLayer.VectorLayer]
+    all_vector = len(vectors) == len(map_layers)
+
+    def step(lo, hi):
+        return None if progress is None else (lambda f: progress(lo + (hi - lo) * f))
+
+    drawn = render_to_geotiff([sat_layer], grid, crs, os.path.join(folder, contract.SATELLITE_FILE),
+                              progress=step(0.0, 0.45), cancel=cancel)
+    if not drawn:
+        raise InputError(f"the Satellite layer '{sat_layer.name()}' has no pixels in this Area")
+    drawn = render_to_geotiff(_tree_order(map_layers), grid, crs, os.path.join(folder, contract.MAP_FILE),
+                              CARTO_BACKGROUND if all_vector else None, step(0.45, 0.9), cancel)
+    if not drawn:
+        raise InputError("the Map layers have no pixels in this Area")
     features = None
-    if map_layer.type() == QgsMapLayer.VectorLayer:
-        alpha = mp[..., 3:4].astype(np.float32) / 255.0
-        map_rgb = (mp[..., :3] * alpha + np.array(CARTO_BACKGROUND) * (1 - alpha)).astype(np.uint8)
-        features = vector_features(map_layer, crs, ms_sat.visibleExtent())
-        if not features:
-            raise InputError(f"the map layer '{map_layer.name()}' has no features in this area")
-    else:
-        valid &= mp[..., 3] > 0
-        if not valid.any():
-            raise InputError(f"the map layer '{map_layer.name()}' has no pixels where the satellite layer has")
-        map_rgb = np.ascontiguousarray(mp[..., :3])
-    return CapturedScene(np.ascontiguousarray(sat[..., :3]), map_rgb, valid, transform_of(ms_sat),
-                         crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED), tiles, features)
+    if vectors:
+        features = contract.FEATURES_FILE
+        n = write_features(vectors, crs, extent, os.path.join(folder, features))
+        if progress is not None:
+            progress(1.0)
+        if n == 0:
+            if all_vector:
+                names = ", ".join(f"'{v.name()}'" for v in vectors)
+                raise InputError(f"the Map layer(s) {names} have no features in this Area")
+            features = None
+    return LayerCapture(grid, tiles, contract.SATELLITE_FILE, contract.MAP_FILE, features, not all_vector)
+
+
+def _tree_order(layers: list) -> list:
+    """Layers in the layer tree's drawing order (top first), as QgsMapSettings expects."""
+    order = [l.id() for l in QgsProject.instance().layerTreeRoot().layerOrder()]
+    return sorted(layers, key=lambda l: order.index(l.id()) if l.id() in order else len(order))

@@ -63,6 +63,7 @@ class SocioSegPlugin:
         if self.panel is not None:
             if self.panel.task is not None:
                 self.panel.task.cancel()
+            self.panel.disconnect_project()
             self.iface.removeDockWidget(self.panel)
             self.panel.deleteLater()
             self.panel = None

@@ -1,16 +1,19 @@
-"""The "Find entities" dock: layers, query, area, engine, resolution, Run / Cancel, Export."""
+"""The "Find entities" dock: layers, query, area, engine, resolution, Run / Cancel, Export, Zoom, Help."""
 from __future__ import annotations
 
-from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsMapLayerProxyModel, QgsProject,
-                       QgsRectangle)
-from qgis.gui import QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtGui import QStandardItemModel
+import os
+
+from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsMapLayer, QgsMapLayerProxyModel,
+                       QgsProject, QgsRectangle, QgsWkbTypes)
+from qgis.gui import QgsCheckableComboBox, QgsMapLayerComboBox, QgsMessageBarItem
+from qgis.PyQt.QtCore import Qt, QUrl
+from qgis.PyQt.QtGui import QColor, QDesktopServices, QStandardItemModel
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog,
                                  QFormLayout, QHBoxLayout, QLabel, QMessageBox, QProgressBar,
                                  QPushButton, QVBoxLayout, QWidget)
 
 from . import deps
+from .layers import default_map_layers, is_result
 from .settings import ENGINE_DEFAULT, ENGINE_VLM, PluginSettings
 from .task import TAG, DetectParams, DetectTask
 
@@ -20,6 +23,8 @@ FUNCTION_PRESETS = ["educational", "medical", "park & greenspace", "sport & cult
                     "administrative", "business office", "transportation stations", "industrial", "residential"]
 TASKS = [("auto", None), ("class", "class"), ("function", "function"), ("name", "name")]
 AREAS = ["Current map canvas extent", "Extent of a layer", "Rectangle drawn on the canvas"]
+HELP_URL = "https://github.com/socioseg/socioseg-qgis#the-qgis-plugin"
+SCOPE = "SocioSeg"          # the project file's entries holding the panel's last choices
 
 
 def vlm_unavailable_reason(settings: PluginSettings) -> str | None:
@@ -38,6 +43,25 @@ def vlm_unavailable_reason(settings: PluginSettings) -> str | None:
     return None
 
 
+def raster_answerable(presets: list[str]) -> list[str]:
+    """The presets whose classes the default raster legend (OSM Carto colours) has a colour for: the
+    only ones the map reader can answer on a raster map."""
+    from ..backend.errors import InputError
+    from ..backend.pipeline.query import resolve_query
+    from ..backend.resources import load_json, resource
+
+    legend = {c for classes in load_json(resource("legends", "osm_carto.json"))["colours"].values() for c in classes}
+    out = []
+    for p in presets:
+        try:
+            spec = resolve_query(p)
+        except InputError:
+            continue
+        if spec.kind != "name" and set(spec.classes) & legend:
+            out.append(p)
+    return out
+
+
 class FindPanel(QDockWidget):
     def __init__(self, iface, parent=None):
         super().__init__("Find entities (SocioSeg)", parent)
@@ -47,17 +71,20 @@ class FindPanel(QDockWidget):
         self.last_layer = None
         self.drawn_extent: QgsRectangle | None = None
         self._tool = None
+        self._band = None
+        self._bar_items: list = []
         self._checked: dict[str, str | None] = {}
         self.settings = PluginSettings.load()
         body = QWidget()
         form = QFormLayout()
         self.sat_combo = QgsMapLayerComboBox()
         self.sat_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.map_combo = QgsMapLayerComboBox()
-        self.map_combo.setFilters(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.VectorLayer)
+        self.sat_combo.setAllowEmptyLayer(True)
+        self.map_combo = QgsCheckableComboBox()
+        self.map_combo.setToolTip("One or more layers read together as the map: every layer of an "
+                                  "OpenStreetMap extract (areas, points, lines), or a rendered map")
         self.query = QComboBox()
         self.query.setEditable(True)
-        self.query.addItems(CLASS_PRESETS + FUNCTION_PRESETS)
         self.query.setToolTip("A class (schools), a function (educational) or a place name (Jinan Zoo)")
         self.task_combo = QComboBox()
         for label, _ in TASKS:
@@ -80,7 +107,7 @@ class FindPanel(QDockWidget):
         self.replace = QCheckBox("Replace the previous result of the same query")
         self.replace.setChecked(self.settings.replace_previous)
         form.addRow("Satellite layer", self.sat_combo)
-        form.addRow("Map layer", self.map_combo)
+        form.addRow("Map layers", self.map_combo)
         form.addRow("Find", self.query)
         form.addRow("Task level", self.task_combo)
         form.addRow("Area", self.area)
@@ -90,14 +117,16 @@ class FindPanel(QDockWidget):
         form.addRow("", self.replace)
         self.run_button = QPushButton("Run")
         self.export_button = QPushButton("Export…")
-        self.export_button.setEnabled(False)
+        self.export_button.setToolTip("Write the selected result layer to a GeoPackage or a Shapefile, with its style")
+        self.zoom_button = QPushButton("Zoom to result")
+        self.help_button = QPushButton("Help")
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.export_button)
+        for b in (self.run_button, self.export_button, self.zoom_button, self.help_button):
+            buttons.addWidget(b)
         box = QVBoxLayout()
         box.addLayout(form)
         box.addLayout(buttons)
@@ -107,11 +136,112 @@ class FindPanel(QDockWidget):
         body.setLayout(box)
         self.setWidget(body)
         self.refresh_engines()
+        self.refresh_layers()
+        self.restore_choices()
         self.area.currentIndexChanged.connect(self._area_changed)
-        self._area_changed(0)
+        self._area_changed(self.area.currentIndex())
         self.run_button.clicked.connect(self.run_or_cancel)
         self.export_button.clicked.connect(self.export)
+        self.zoom_button.clicked.connect(self.zoom_to_result)
+        self.help_button.clicked.connect(self.show_help)
         self.draw_button.clicked.connect(self.start_drawing)
+        self.sat_combo.layerChanged.connect(lambda _: self.refresh_layers())
+        self.map_combo.checkedItemsChanged.connect(lambda _: self.refresh_presets())
+        self.engine.currentIndexChanged.connect(lambda _: self.refresh_presets())
+        project = QgsProject.instance()
+        project.layersAdded.connect(self._layers_changed)
+        project.layersRemoved.connect(self._layers_changed)
+        project.readProject.connect(self._project_read)
+        self._update_result_buttons()
+
+    # --- layers and presets -------------------------------------------------------------------------
+    def _layers_changed(self, *_):
+        self.refresh_layers()
+        self._update_result_buttons()
+
+    def refresh_layers(self, checked_ids: list[str] | None = None) -> None:
+        """Fill the map list (raster and vector layers, no results, not the satellite), keeping what was
+        checked; with nothing checked, check the default map layers."""
+        project = QgsProject.instance()
+        self.sat_combo.setExceptedLayerList([l for l in project.mapLayers().values() if is_result(l)])
+        sat = self.sat_combo.currentLayer()
+        sat_id = sat.id() if sat is not None else None
+        if checked_ids is None:
+            checked_ids = [self.map_combo.itemData(i) for i in range(self.map_combo.count())
+                           if self.map_combo.itemCheckState(i) == Qt.Checked]
+        candidates = [l for l in project.layerTreeRoot().layerOrder()
+                      if l.type() in (QgsMapLayer.VectorLayer, QgsMapLayer.RasterLayer)
+                      and not is_result(l) and l.id() != sat_id]
+        ids = {l.id() for l in candidates}
+        checked = [i for i in checked_ids if i in ids] or [l.id() for l in default_map_layers(project, sat_id)]
+        self.map_combo.blockSignals(True)
+        self.map_combo.clear()
+        for l in candidates:
+            self.map_combo.addItemWithCheckState(l.name(), Qt.Checked if l.id() in checked else Qt.Unchecked, l.id())
+        self.map_combo.blockSignals(False)
+        self.refresh_presets()
+
+    def map_layers(self) -> list:
+        project = QgsProject.instance()
+        return [project.mapLayer(self.map_combo.itemData(i)) for i in range(self.map_combo.count())
+                if self.map_combo.itemCheckState(i) == Qt.Checked and project.mapLayer(self.map_combo.itemData(i))]
+
+    def refresh_presets(self) -> None:
+        """Offer only the presets the chosen map and engine can answer: the map reader on a raster map
+        answers only what the default legend has a colour for."""
+        text = self.query.currentText()
+        presets = CLASS_PRESETS + FUNCTION_PRESETS
+        layers = self.map_layers()
+        raster_only = layers and all(l.type() == QgsMapLayer.RasterLayer for l in layers)
+        if raster_only and self.engine_choice() == ENGINE_DEFAULT:
+            presets = raster_answerable(presets)
+            self.query.setToolTip("On a raster map the map reader finds what the OSM Carto legend has a colour "
+                                  "for; add a vector Map layer (e.g. an OpenStreetMap extract) for names and "
+                                  "the other classes, or choose the SocioReasoner Engine")
+        else:
+            self.query.setToolTip("A class (schools), a function (educational) or a place name (Jinan Zoo)")
+        self.query.blockSignals(True)
+        self.query.clear()
+        self.query.addItems(presets)
+        self.query.setEditText(text or presets[0])
+        self.query.blockSignals(False)
+
+    # --- remembered choices (in the project file) ---------------------------------------------------
+    def save_choices(self) -> None:
+        project = QgsProject.instance()
+        sat = self.sat_combo.currentLayer()
+        values = {"satellite": sat.id() if sat else "", "maps": ";".join(l.id() for l in self.map_layers()),
+                  "query": self.query.currentText(), "task": self.task_combo.currentIndex(),
+                  "area": self.area.currentIndex(), "engine": self.engine.currentIndex(),
+                  "resolution": self.resolution.value()}
+        for key, value in values.items():
+            project.writeEntry(SCOPE, key, str(value))
+
+    def restore_choices(self) -> None:
+        project = QgsProject.instance()
+
+        def entry(key):
+            value, ok = project.readEntry(SCOPE, key, "")
+            return value if ok and value != "" else None
+
+        sat = project.mapLayer(entry("satellite") or "")
+        if sat is not None and not is_result(sat):
+            self.sat_combo.setLayer(sat)
+        self.refresh_layers((entry("maps") or "").split(";") if entry("maps") else [])
+        if entry("query"):
+            self.query.setEditText(entry("query"))
+        for combo, key in ((self.task_combo, "task"), (self.area, "area"), (self.engine, "engine")):
+            if entry(key) and entry(key).isdigit() and int(entry(key)) < combo.count():
+                combo.setCurrentIndex(int(entry(key)))
+        if entry("resolution"):
+            try:
+                self.resolution.setValue(float(entry("resolution")))
+            except ValueError:
+                pass
+
+    def _project_read(self, *_):
+        self.restore_choices()
+        self._update_result_buttons()
 
     # --- engines ----------------------------------------------------------------------------------
     def refresh_engines(self) -> None:
@@ -142,6 +272,7 @@ class FindPanel(QDockWidget):
     def _area_changed(self, index: int) -> None:
         self.area_layer.setEnabled(index == 1)
         self.draw_button.setEnabled(index == 2)
+        self._show_drawn(index == 2)
 
     def start_drawing(self) -> None:
         from qgis.gui import QgsMapToolExtent
@@ -156,6 +287,22 @@ class FindPanel(QDockWidget):
         self.drawn_extent = QgsRectangle(extent)
         self.status.setText(f"Area: {extent.width():.0f} x {extent.height():.0f} map units")
         self.iface.mapCanvas().unsetMapTool(self._tool)
+        self._show_drawn(True)
+
+    def _show_drawn(self, visible: bool) -> None:
+        """Keep the drawn rectangle on the canvas while it is the chosen area."""
+        from qgis.core import QgsGeometry
+        from qgis.gui import QgsRubberBand
+
+        canvas = self.iface.mapCanvas()
+        if self._band is None:
+            self._band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+            self._band.setStrokeColor(QColor(230, 0, 150))
+            self._band.setFillColor(QColor(230, 0, 150, 25))
+            self._band.setWidth(2)
+        self._band.reset(QgsWkbTypes.PolygonGeometry)
+        if visible and self.drawn_extent is not None:
+            self._band.setToGeometry(QgsGeometry.fromRect(self.drawn_extent), None)
 
     def chosen_extent(self) -> QgsRectangle | None:
         crs = QgsProject.instance().crs()
@@ -174,11 +321,24 @@ class FindPanel(QDockWidget):
     def params(self) -> DetectParams:
         s = self.settings
         reasoner, segmenter = s.engine_specs(self.engine_choice())
-        return DetectParams(self.sat_combo.currentLayer(), self.map_combo.currentLayer(),
-                            self.query.currentText().strip(), TASKS[self.task_combo.currentIndex()][1],
-                            self.chosen_extent(), QgsProject.instance().crs(), self.resolution.value(),
-                            reasoner, segmenter, s.device, s.max_new_tokens, s.tile_size, s.overlap,
-                            s.max_tiles, s.python)
+        return DetectParams(self.sat_combo.currentLayer(), self.map_layers(), self.query.currentText().strip(),
+                            TASKS[self.task_combo.currentIndex()][1], self.chosen_extent(),
+                            QgsProject.instance().crs(), self.resolution.value(), reasoner, segmenter, s.device,
+                            s.generation(), s.tile_plan(), s.python)
+
+    def input_problem(self, p: DetectParams) -> str | None:
+        """What to choose before a run can start, naming the control."""
+        if not p.query:
+            return "Type what to find in 'Find'."
+        if p.satellite_layer is None:
+            return "Choose a Satellite layer."
+        if not p.map_layers:
+            return "Check one or more Map layers."
+        if any(m.id() == p.satellite_layer.id() for m in p.map_layers):
+            return "The Satellite layer is also checked as a Map layer: uncheck it under Map layers."
+        if p.extent is None:
+            return "Choose an Area: a layer under 'Extent of a layer', or draw a rectangle."
+        return None
 
     def run_or_cancel(self) -> None:
         if self.task is not None:
@@ -186,15 +346,17 @@ class FindPanel(QDockWidget):
             self.status.setText("Cancelling…")
             return
         p = self.params()
-        problem = self.worker_problem()
-        if problem:
-            QMessageBox.warning(self, "SocioSeg: the backend cannot run", problem)
-            return
-        problem = (not p.query and "Type what to find.") or (p.satellite_layer is None and "Choose a satellite layer.") \
-            or (p.map_layer is None and "Choose a map layer.") or (p.extent is None and "Choose or draw an area.")
+        problem = self.input_problem(p)
         if problem:
             self.status.setText(problem)
             return
+        problem = self.worker_problem()
+        if problem:
+            from .setup_dialog import offer_setup   # set the environment up now, then run
+
+            offer_setup(self, problem, on_ready=self.run_or_cancel)
+            return
+        self.save_choices()
         self.start(DetectTask(p, self._finished))
 
     def worker_problem(self) -> str | None:
@@ -215,6 +377,7 @@ class FindPanel(QDockWidget):
 
     def start(self, task: DetectTask, run_now: bool = False) -> None:
         """Start `task` in QGIS's task manager (or synchronously, for tests and scripts)."""
+        self._clear_messages()
         self.task = task
         self.run_button.setText("Cancel")
         self.progress.setValue(0)
@@ -225,48 +388,133 @@ class FindPanel(QDockWidget):
         else:
             QgsApplication.taskManager().addTask(task)
 
-    def _finished(self, task: DetectTask) -> None:
-        from .layers import add_to_project, detection_layer, layer_name
+    def _message(self, text: str, level, duration: int) -> None:
+        item = QgsMessageBarItem(TAG, text, level, duration)
+        self._bar_items.append(item)
+        self.iface.messageBar().pushItem(item)
 
+    def _clear_messages(self) -> None:
+        """Earlier runs' messages go when a new run starts: none comes back stale after it."""
+        bar = self.iface.messageBar()
+        for item in self._bar_items:
+            try:
+                bar.popWidget(item)
+            except RuntimeError:      # already closed by the user or timed out
+                pass
+        self._bar_items = []
+
+    def _reset(self, text: str) -> None:
         self.task = None
         self.run_button.setText("Run")
-        bar = self.iface.messageBar()
+        self.progress.setValue(0)
+        self.status.setText(text)
+
+    def _finished(self, task: DetectTask) -> None:
+        from ..backend.errors import InputError
+        from .layers import add_to_project, result_layer, results_path
+
         if task.cancelled:
-            self.status.setText("Cancelled.")
-            bar.pushMessage(TAG, "Cancelled.", Qgis.Info, 3)
+            self._reset("Cancelled.")
+            self._message("Cancelled.", Qgis.Info, 3)
             return
         if task.error:
-            self.status.setText(task.error)
-            bar.pushMessage(TAG, task.error, Qgis.Warning, 10)
+            self._reset(task.error)
+            self._message(task.error, Qgis.Warning, 0)
             return
-        p = task.params
-        layer = detection_layer(task.detection, layer_name(p.query, p.reasoner), p.crs, p.query)
+        p, result = task.params, task.result
+        if not result.entities and task.warnings:
+            # Nothing found, and the backend said why: no empty layer, the reason instead.
+            text = f"Nothing found for '{p.query}': " + "; ".join(task.warnings) + "."
+            self._reset(text)
+            self._message(text, Qgis.Warning, 0)
+            return
+        try:
+            layer = result_layer(result, p.query, p.reasoner, p.crs, results_path(self.settings.results_folder))
+        except InputError as exc:
+            self._reset(str(exc))
+            self._message(str(exc), Qgis.Warning, 0)
+            return
         removed = add_to_project(layer, self.replace.isChecked())
         self.last_layer = layer
-        self.export_button.setEnabled(True)
+        self._reset("")
         self.progress.setValue(100)
         n = layer.featureCount()
         notes = {f["note"] for f in layer.getFeatures() if f["note"]}
-        text = f"Found {n} place{'s' if n != 1 else ''} for '{p.query}'." + (f" {'; '.join(sorted(notes))}." if notes else "")
+        text = f"Found {n} place{'s' if n != 1 else ''} for '{p.query}'" + (
+            f" (read as a {result.task})" if result.task and not p.task else "") + "."
+        if notes:
+            text += f" {'; '.join(sorted(notes))}."
         if removed:
             text += f" Replaced: {', '.join(removed)}."
         self.status.setText(text)
-        bar.pushMessage(TAG, text, Qgis.Success if n else Qgis.Info, 5)
+        self._message(text, Qgis.Success if n else Qgis.Info, 5)
+        self._update_result_buttons()
 
-    def export(self) -> None:
-        from .layers import export_layer
+    # --- results --------------------------------------------------------------------------------------
+    def selected_result(self):
+        """The result layer selected in the Layers panel, else the last result of this session."""
+        active = self.iface.activeLayer() if hasattr(self.iface, "activeLayer") else None
+        if is_result(active):
+            return active
+        if self.last_layer is not None:
+            try:
+                if QgsProject.instance().mapLayer(self.last_layer.id()) is not None:
+                    return self.last_layer
+            except RuntimeError:      # the layer was deleted
+                pass
+        return None
 
-        if self.last_layer is None:
-            return
-        path, _ = QFileDialog.getSaveFileName(self, "Export detected places", "",
-                                              "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
-        if not path:
-            return
-        if not path.lower().endswith((".gpkg", ".shp")):
-            path += ".gpkg"
+    def _update_result_buttons(self) -> None:
+        has = self.selected_result() is not None or any(is_result(l) for l in QgsProject.instance().mapLayers().values())
+        self.export_button.setEnabled(has)
+        self.zoom_button.setEnabled(has)
+
+    def export(self, path: str | None = None, chosen_filter: str = "") -> str | None:
+        from .layers import FORMATS, export_layer, suggested_file_name
+
+        layer = self.selected_result()
+        if layer is None:
+            self.status.setText("Select a result layer in the Layers panel to export it.")
+            return None
+        if path is None:
+            start = os.path.join(QgsProject.instance().absolutePath() or os.path.expanduser("~"),
+                                 suggested_file_name(layer))
+            path, chosen_filter = QFileDialog.getSaveFileName(self, f"Export '{layer.name()}'", start,
+                                                              ";;".join(FORMATS))
+            if not path:
+                return None
         try:
-            export_layer(self.last_layer, path)
-        except RuntimeError as exc:
-            self.iface.messageBar().pushMessage(TAG, str(exc), Qgis.Warning, 10)
+            out = export_layer(layer, path, chosen_filter)
+        except OSError as exc:
+            self._message(f"{exc}. Choose another file or folder.", Qgis.Warning, 0)
+            return None
+        self._message(f"Exported '{layer.name()}' to {out}", Qgis.Success, 5)
+        return out
+
+    def zoom_to_result(self) -> None:
+        layer = self.selected_result()
+        if layer is None:
             return
-        self.iface.messageBar().pushMessage(TAG, f"Exported to {path}", Qgis.Success, 5)
+        canvas = self.iface.mapCanvas()
+        tr = QgsCoordinateTransform(layer.crs(), canvas.mapSettings().destinationCrs(), QgsProject.instance())
+        extent = tr.transformBoundingBox(layer.extent())
+        extent.scale(1.1)
+        canvas.setExtent(extent)
+        canvas.refresh()
+
+    def show_help(self) -> None:
+        QDesktopServices.openUrl(QUrl(HELP_URL))
+
+    def disconnect_project(self) -> None:
+        project = QgsProject.instance()
+        for signal, slot in ((project.layersAdded, self._layers_changed), (project.layersRemoved, self._layers_changed),
+                             (project.readProject, self._project_read)):
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):
+                pass
+        self._show_drawn(False)
+
+    def closeEvent(self, event):  # noqa: N802 (Qt's name)
+        self._show_drawn(False)
+        super().closeEvent(event)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import (QgsCoordinateTransform, QgsFeatureSink, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
+from qgis.core import (QgsCoordinateTransform, QgsMapLayer, QgsProject, QgsRectangle, QgsFeatureSink, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
-                       QgsProcessingParameterFeatureSink, QgsProcessingParameterMapLayer,
+                       QgsProcessingParameterFeatureSink, QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingProvider, QgsWkbTypes)
 from qgis.PyQt.QtGui import QIcon
@@ -15,6 +15,19 @@ from .settings import ENGINE_DEFAULT, ENGINE_VLM, PluginSettings
 
 TASK_CHOICES = ["auto", "name", "class", "function"]
 ENGINE_CHOICES = [ENGINE_DEFAULT, ENGINE_VLM]
+
+
+def _default_layers() -> tuple[str | None, list[str]]:
+    """The project's first raster that is not a result as the satellite, and the panel's default map
+    layers (never the satellite, never a result), so the dialog does not offer the satellite as map."""
+    from .layers import default_map_layers, is_result
+
+    project = QgsProject.instance()
+    rasters = [l for l in project.layerTreeRoot().layerOrder()
+               if l.type() == QgsMapLayer.RasterLayer and not is_result(l)]
+    sat = rasters[-1] if rasters else None         # the bottom raster: imagery lies under the map
+    maps = default_map_layers(project, sat.id() if sat else None)
+    return (sat.id() if sat else None), [m.id() for m in maps]
 
 
 class DetectEntitiesAlgorithm(QgsProcessingAlgorithm):
@@ -37,8 +50,11 @@ class DetectEntitiesAlgorithm(QgsProcessingAlgorithm):
         return DetectEntitiesAlgorithm()
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.SATELLITE, "Satellite layer"))
-        self.addParameter(QgsProcessingParameterMapLayer(self.MAP, "Map layer (raster or vector)"))
+        sat, maps = _default_layers()
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SATELLITE, "Satellite layer", defaultValue=sat))
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.MAP, "Map layers (raster or vector, read together)", QgsProcessing.TypeMapLayer,
+            defaultValue=maps or None))
         self.addParameter(QgsProcessingParameterString(self.QUERY, "What to find", defaultValue="schools"))
         self.addParameter(QgsProcessingParameterEnum(self.TASK, "Task level", TASK_CHOICES, defaultValue=0))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Area", optional=True))
@@ -53,49 +69,54 @@ class DetectEntitiesAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         from ..backend.errors import Cancelled, SocioSegError
-        from .task import DetectParams, run_detection
+        from .task import DetectParams, plugin_wording, run_detection
         from .worker_client import WorkerError
 
         sat = self.parameterAsRasterLayer(parameters, self.SATELLITE, context)
-        mp = self.parameterAsLayer(parameters, self.MAP, context)
+        maps = self.parameterAsLayerList(parameters, self.MAP, context)
         query = self.parameterAsString(parameters, self.QUERY, context).strip()
         task = TASK_CHOICES[self.parameterAsEnum(parameters, self.TASK, context)]
         engine = ENGINE_CHOICES[self.parameterAsEnum(parameters, self.ENGINE, context)]
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
-        if sat is None or mp is None:
-            raise QgsProcessingException("both a satellite layer and a map layer are required")
+        if sat is None or not maps:
+            raise QgsProcessingException("choose a Satellite layer and one or more Map layers")
         crs = context.project().crs() if context.project() and context.project().crs().isValid() else sat.crs()
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
         else:
             t_sat = QgsCoordinateTransform(sat.crs(), crs, context.transformContext())
-            t_map = QgsCoordinateTransform(mp.crs(), crs, context.transformContext())
-            extent = t_sat.transformBoundingBox(sat.extent()).intersect(t_map.transformBoundingBox(mp.extent()))
+            map_box = QgsRectangle()
+            for mp in maps:
+                t_map = QgsCoordinateTransform(mp.crs(), crs, context.transformContext())
+                map_box.combineExtentWith(t_map.transformBoundingBox(mp.extent()))
+            extent = t_sat.transformBoundingBox(sat.extent()).intersect(map_box)
             if extent.isEmpty():
-                raise QgsProcessingException("the satellite and map layers do not overlap")
+                raise QgsProcessingException("the Satellite layer and the Map layers do not overlap: set an Area")
         settings = PluginSettings.load()
         reasoner, segmenter = settings.engine_specs(engine)
-        params = DetectParams(sat, mp, query, None if task == "auto" else task, extent, crs, res, reasoner,
-                              segmenter, settings.device, settings.max_new_tokens, settings.tile_size,
-                              settings.overlap, settings.max_tiles, settings.python)
+        params = DetectParams(sat, maps, query, None if task == "auto" else task, extent, crs, res, reasoner,
+                              segmenter, settings.device, settings.generation(), settings.tile_plan(),
+                              settings.python)
 
         def progress(frac, msg):
             feedback.setProgress(100.0 * frac)
             feedback.setProgressText(msg)
 
         try:
-            detection = run_detection(params, progress, feedback.isCanceled)
+            detection = run_detection(params, progress, feedback.isCanceled, feedback.pushWarning)
         except Cancelled:
-            return {self.OUTPUT: None}
-        except (SocioSegError, WorkerError) as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise QgsProcessingException("cancelled") from None
+        except SocioSegError as exc:
+            raise QgsProcessingException(plugin_wording(str(exc))) from None
+        except WorkerError as exc:
+            raise QgsProcessingException(f"{exc}. Check Plugins > SocioSeg > Settings > Python for the backend") from None
         from .layers import _fields, features_from
 
         fields = _fields()
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon, crs)
         for f in features_from(detection, fields):
             sink.addFeature(f, QgsFeatureSink.FastInsert)
-        feedback.pushInfo(f"found {len(detection['entities'])} place(s) for '{query}'")
+        feedback.pushInfo(f"found {len(detection.entities)} place(s) for '{query}'")
         return {self.OUTPUT: dest}
 
 

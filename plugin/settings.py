@@ -5,6 +5,8 @@ from dataclasses import dataclass, fields
 
 from qgis.core import QgsSettings
 
+from ..backend.geo.tiles import DEFAULT_MAX_TILES, DEFAULT_OVERLAP, DEFAULT_TILE
+
 PREFIX = "socioseg/"
 ENGINE_DEFAULT = "default"
 ENGINE_VLM = "vlm"
@@ -17,11 +19,12 @@ class PluginSettings:
     device: str = "auto"
     max_new_tokens: int = 2048
     resolution: float = 1.0
-    tile_size: int = 768
-    overlap: int = 128
-    max_tiles: int = 256
+    tile_size: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    max_tiles: int = DEFAULT_MAX_TILES
     replace_previous: bool = True
     python: str = ""       # interpreter of the backend worker; empty: the plugin's .venv or QGIS's Python
+    results_folder: str = ""   # where result GeoPackages go; empty: the project's folder
 
     @classmethod
     def load(cls) -> "PluginSettings":
@@ -44,6 +47,15 @@ class PluginSettings:
         s = QgsSettings()
         for f in fields(self):
             s.setValue(PREFIX + f.name, getattr(self, f.name))
+
+    def tile_plan(self):
+        from ..backend.contract import TilePlan
+
+        return TilePlan(self.tile_size, self.overlap, self.max_tiles)
+
+    def generation(self) -> dict:
+        """Generation settings for the reasoner (fields of reasoners.qwen.GenerationSettings)."""
+        return {"max_new_tokens": self.max_new_tokens}
 
     def engine_specs(self, engine: str) -> tuple[str, str]:
         """(reasoner spec, segmenter spec) for the panel's engine choice."""

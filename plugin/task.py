@@ -1,31 +1,36 @@
-"""The background work: capture, both stages over every tile, merge; layers are added on the main thread."""
+"""The background work: capture into a scene folder, detect in the worker process; layers are added on
+the main thread. Parameters in (`DetectParams`), a typed result out (`contract.SceneResult`)."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qgis.core import Qgis, QgsMessageLog, QgsRectangle, QgsTask
 
+from ..backend.contract import SceneRequest, SceneResult, Throughput, TilePlan
+
 TAG = "SocioSeg"
+CAPTURE_SHARE = 0.2      # of the progress bar: rendering the layers; the rest is the worker's
 
 
 @dataclass
 class DetectParams:
     """Everything one run needs; the panel and the Processing algorithm fill it."""
     satellite_layer: object
-    map_layer: object
+    map_layers: list                 # one or more raster / vector layers read together as the map
     query: str
     task: str | None
     extent: QgsRectangle
     crs: object                      # QgsCoordinateReferenceSystem of the extent and the output
-    resolution: float = 1.0
+    resolution: float = 1.0          # metres per pixel
     reasoner: str = "mapreader"
     segmenter: str = "grabcut"
     device: str = "auto"
-    max_new_tokens: int = 2048
-    tile_size: int = 768
-    overlap: int = 128
-    max_tiles: int = 256
+    generation: dict = field(default_factory=dict)     # reasoners.qwen.GenerationSettings fields
+    tile_plan: TilePlan = field(default_factory=TilePlan)
     python: str = ""                 # the worker's interpreter; empty: see worker_client.worker_python
 
 
@@ -33,8 +38,23 @@ def log(message: str, level=Qgis.Info) -> None:
     QgsMessageLog.logMessage(message, TAG, level)
 
 
-def run_detection(params: DetectParams, progress=None, cancel=None) -> dict:
-    """Capture in QGIS, detect in the worker process; returns {"entities": [{"wkt", "attrs"}], ...}.
+# CLI wording in backend messages, and the plugin control that does the same (the backend serves both).
+CONTROLS = [("--reasoner qwen", "Engine: SocioReasoner"), ("--task class", "Task level: class"),
+            ("--task function", "Task level: function"), ("--task name", "Task level: name"),
+            ("--max-tiles", "Settings > Max tiles"), ("--resolution", "Resolution"), ("--bbox", "Area"),
+            ("--legend", "a vector Map layer"), ("--task", "Task level"), ("--reasoner", "Engine"),
+            ("--segmenter", "Settings > Segmenter"), ("--device", "Settings > Device")]
+
+
+def plugin_wording(message: str) -> str:
+    """A backend message with command-line options replaced by the panel's controls."""
+    for flag, control in CONTROLS:
+        message = message.replace(flag, control)
+    return message
+
+
+def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -> SceneResult:
+    """Capture in QGIS, detect in the worker process. `progress(fraction, text)`.
     Raises backend errors (InputError, Cancelled) and WorkerError. Shared by the task and Processing."""
     from .capture import capture_scene
     from .worker_client import run_worker, worker_python
@@ -43,30 +63,41 @@ def run_detection(params: DetectParams, progress=None, cancel=None) -> dict:
         if progress:
             progress(frac, msg)
 
-    report(0.0, "capturing layers")
-    scene = capture_scene(params.satellite_layer, params.map_layer, params.extent, params.crs,
-                          params.resolution, params.tile_size, params.overlap, params.max_tiles)
-    request = {"crs_wkt": scene.crs_wkt, "transform": list(scene.transform), "query": params.query,
-               "task": params.task, "reasoner": params.reasoner, "segmenter": params.segmenter,
-               "device": params.device, "max_new_tokens": params.max_new_tokens,
-               "tile_size": params.tile_size, "overlap": params.overlap, "max_tiles": params.max_tiles,
-               "features": scene.features}
-    report(0.05, f"detecting in {len(scene.tiles)} tile(s)")
-    return run_worker(worker_python(params.python), scene.satellite, scene.map_image, scene.valid, request,
-                      lambda f, m: report(0.05 + 0.95 * f, m), cancel)
+    folder = tempfile.mkdtemp(prefix="socioseg-scene-")
+    try:
+        report(0.0, "rendering the layers")
+        cap = capture_scene(folder, params.satellite_layer, params.map_layers, params.extent, params.crs,
+                            params.resolution, params.tile_plan,
+                            lambda f: report(CAPTURE_SHARE * f, "rendering the layers"), cancel)
+        request = SceneRequest(cap.grid, params.query, params.task, params.tile_plan, cap.tiles,
+                               params.reasoner, params.segmenter, params.device, dict(params.generation),
+                               cap.satellite, cap.map_image, cap.map_features, cap.map_masks_coverage)
+        request.write(folder)
+        report(CAPTURE_SHARE, f"detecting in {len(cap.tiles)} tile(s)")
+        clock = Throughput()
+
+        def worker_progress(frac, done, total, text):
+            rate = clock.update(done, total, time.monotonic()) if total else ""
+            report(CAPTURE_SHARE + (1 - CAPTURE_SHARE) * frac, f"{rate} — {text}" if rate else text)
+
+        return run_worker(worker_python(params.python), folder, worker_progress, cancel, warn)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class DetectTask(QgsTask):
-    """Runs `run_detection` off the main thread; `on_finished(task)` runs on the main thread."""
+    """Runs `run_detection` off the main thread; `on_finished(task)` runs on the main thread.
+    Afterwards exactly one of `result`, `error`, `cancelled` tells how it ended."""
 
     def __init__(self, params: DetectParams, on_finished=None):
         super().__init__(f"SocioSeg: {params.query}", QgsTask.CanCancel)
         self.params = params
         self.on_finished = on_finished
-        self.detection = None
+        self.result: SceneResult | None = None
         self.error: str | None = None
         self.cancelled = False
         self.message = ""
+        self.warnings: list[str] = []
 
     def _progress(self, frac: float, message: str) -> None:
         self.message = message
@@ -77,12 +108,12 @@ class DetectTask(QgsTask):
         from .worker_client import WorkerError
 
         try:
-            self.detection = run_detection(self.params, self._progress, self.isCanceled)
+            self.result = run_detection(self.params, self._progress, self.isCanceled, self.warnings.append)
             return True
         except Cancelled:
             self.cancelled = True
         except SocioSegError as exc:
-            self.error = str(exc)
+            self.error = plugin_wording(str(exc))
         except WorkerError as exc:
             self.error = f"{exc}. Check Settings > Python for the backend, and the Diagnostics."
             log(str(exc), Qgis.Critical)
@@ -90,6 +121,8 @@ class DetectTask(QgsTask):
             self.error = (f"internal error: {type(exc).__name__}: {exc}. The details are in the log "
                           f"panel ({TAG}); please attach them and the Diagnostics to a bug report.")
             log(traceback.format_exc(), Qgis.Critical)
+        if self.isCanceled():
+            self.cancelled, self.error = True, None     # whatever broke while stopping, the user cancelled
         return False
 
     def finished(self, ok: bool) -> None:

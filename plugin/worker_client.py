@@ -2,26 +2,30 @@
 
 QGIS's process already holds its own GDAL, GEOS and PROJ; the wheels of rasterio, shapely and pyproj
 bring other copies, and mixing them in one process gives empty rasters or crashes. The worker process
-(`python -m backend run-scene`) has only its own copies, and torch never loads into QGIS.
+(`python -m backend run-scene`) has only its own copies, and torch never loads into QGIS. The folder,
+the request, the result and the message lines are defined once, in backend/contract.py.
 """
 from __future__ import annotations
 
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 
 from .deps import PLUGIN_DIR, python_executable
 
 
 def worker_python(configured: str = "") -> str:
-    """The configured interpreter, else the plugin folder's .venv, else QGIS's own Python."""
+    """The configured interpreter, else the environment the plugin set up in its data folder (Settings >
+    Set up Python environment), else the plugin folder's .venv (developers), else QGIS's own Python."""
+    from .environment import data_venv_python
+
     if configured:
         return configured
+    if data_venv_python():
+        return data_venv_python()
     for candidate in (os.path.join(PLUGIN_DIR, ".venv", "bin", "python"),
                       os.path.join(PLUGIN_DIR, ".venv", "Scripts", "python.exe")):
         if os.path.exists(candidate):
@@ -40,62 +44,61 @@ class WorkerError(RuntimeError):
     """The worker died without a user-level error message (a bug or a broken installation)."""
 
 
-def run_worker(python: str, satellite, map_image, valid, request: dict, progress=None, cancel=None) -> dict:
-    """Write the scene, run the worker, stream its progress; returns the result dict.
+def run_worker(python: str, folder: str, progress=None, cancel=None, warn=None):
+    """Run the worker on a scene folder (backend/contract.py), stream its messages; returns its
+    SceneResult. `progress(fraction, done, total, text)`; `warn(text)` for each warning.
 
     Raises InputError for problems the user can fix, Cancelled when `cancel()` turns true (the worker
     is terminated), WorkerError otherwise."""
+    from ..backend import contract
     from ..backend.errors import Cancelled, InputError
-    from ..backend.worker import RESULT, write_scene
 
-    folder = tempfile.mkdtemp(prefix="socioseg-scene-")
     try:
-        write_scene(folder, satellite, map_image, valid, request)
-        try:
-            proc = subprocess.Popen([python, "-m", "backend", "run-scene", folder], cwd=PLUGIN_DIR,
-                                    env=worker_env(python), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise WorkerError(f"cannot start the backend's Python {python!r}: {exc}") from None
-        lines: queue.Queue = queue.Queue()
-        stderr: list[str] = []
-        err_reader = threading.Thread(target=_drain, args=(proc.stderr, stderr.append), daemon=True)
-        threading.Thread(target=_drain, args=(proc.stdout, lines.put, None), daemon=True).start()
-        err_reader.start()
-        error = None
-        while True:
-            if cancel is not None and cancel():
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                _close(proc)
-                raise Cancelled("cancelled by the user")
+        proc = subprocess.Popen([python, "-m", "backend", "run-scene", folder], cwd=PLUGIN_DIR,
+                                env=worker_env(python), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise WorkerError(f"cannot start the backend's Python {python!r}: {exc}") from None
+    lines: queue.Queue = queue.Queue()
+    stderr: list[str] = []
+    err_reader = threading.Thread(target=_drain, args=(proc.stderr, stderr.append), daemon=True)
+    threading.Thread(target=_drain, args=(proc.stdout, lines.put, None), daemon=True).start()
+    err_reader.start()
+    error = None
+    while True:
+        if cancel is not None and cancel():
+            proc.terminate()
             try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            if line.startswith("PROGRESS ") and progress is not None:
-                _, frac, *msg = line.rstrip("\n").split(" ", 2)
-                progress(float(frac), msg[0] if msg else "")
-            elif line.startswith("ERROR "):
-                error = line[6:].strip()
-        rc = proc.wait()
-        err_reader.join(timeout=5)
-        _close(proc)
-        if rc == 2 and error:
-            raise InputError(error)
-        if rc != 0:
-            tail = "".join(stderr)[-2000:].strip()
-            raise WorkerError(f"the backend worker ({python}) exited with code {rc}: {tail or 'no output'}")
-        with open(os.path.join(folder, RESULT), encoding="utf-8") as f:
-            return json.load(f)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            _close(proc)
+            raise Cancelled("cancelled by the user")
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        msg = contract.parse_line(line)
+        if msg is None:
+            continue
+        if msg.kind == "PROGRESS" and progress is not None:
+            progress(msg.fraction, msg.done, msg.total, msg.text)
+        elif msg.kind == "WARNING" and warn is not None:
+            warn(msg.text)
+        elif msg.kind == "ERROR":
+            error = msg.text
+    rc = proc.wait()
+    err_reader.join(timeout=5)
+    _close(proc)
+    if rc == 2 and error:
+        raise InputError(error)
+    if rc != 0:
+        tail = "".join(stderr)[-2000:].strip()
+        raise WorkerError(f"the backend worker ({python}) exited with code {rc}: {tail or 'no output'}")
+    return contract.SceneResult.read(folder)
 
 
 def _drain(stream, put, *end) -> None:
