@@ -190,3 +190,33 @@ def test_a_damaged_partial_file_is_caught_by_its_checksum(hub, tmp_path):
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, out
     assert (dest / "model.safetensors").read_bytes() == (tmp_path / "source" / "model.safetensors").read_bytes()
+
+
+def test_settings_download_button_fetches_and_selects_the_folder(hub, tmp_path, monkeypatch, plugin_pkg, qgis_app):
+    """The Settings dialog's Download, for real: size first, the task, then the field names the folder."""
+    import shutil
+
+    from socioseg.plugin.settings import PluginSettings
+    from socioseg.plugin.settings_dialog import SettingsDialog
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    before = PluginSettings.load()
+    d = SettingsDialog()
+    try:
+        d.python.setText(sys.executable)
+        d.vlm.setText(REPO)
+        d.refresh()
+        assert d.vlm_state.text().startswith("✘") and d.vlm_download.isEnabled()
+        task = d.download(d.vlm, "Vision-language model", run_now=True, confirm=False)
+        assert task.error is None and not task.cancelled, task.tail
+        dest = os.path.join(d.data, "models", "tiny-model")
+        assert d.vlm.text() == dest and PluginSettings.load().vlm_model == dest
+        assert d.vlm_state.text().startswith("✔") and not d.vlm_download.isEnabled()
+        assert d._keep.bar.value() == 100 and "Downloaded to" in d._keep.state.text()
+        assert os.path.getsize(os.path.join(dest, "model.safetensors")) == 3_000_000
+    finally:
+        before.save()
+        shutil.rmtree(os.path.join(d.data, "models"), ignore_errors=True)
