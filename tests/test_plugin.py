@@ -409,8 +409,12 @@ def test_settings_dialog_saves_and_diagnostics_come_from_the_backend(plugin_pkg,
         d = SettingsDialog()
         d.vlm.setText("/models/SocioReasoner-3B")
         d.python.setText("")
+        d.max_tiles.setValue(900)
+        d.results_folder.setText("/data/results")
         d.accept()
         assert PluginSettings.load().vlm_model == "/models/SocioReasoner-3B"
+        assert PluginSettings.load().tile_plan().max_tiles == 900
+        assert PluginSettings.load().results_folder == "/data/results"
         assert PluginSettings.load().engine_specs("vlm")[0] == "qwen:/models/SocioReasoner-3B"
     finally:
         before.save()
