@@ -1,0 +1,175 @@
+"""Run inside real QGIS (`qgis --code`), driven by scripts/qgis_walkthrough.sh: a new user's first session.
+
+Installs the plugin ZIP the way "Install from ZIP" does (pyplugin_installer), loads the sample (satellite
+plus the three layers of map.gpkg), opens the panel, presses Run with no environment prepared, answers
+Yes to the set-up offer, waits for the environment task, and the detection it then starts by itself;
+takes screenshots of each step and writes summary.json. Paths come from the environment:
+SOCIOSEG_ZIP, SOCIOSEG_SAMPLE, SOCIOSEG_OUT.
+"""
+import json
+import os
+import time
+import traceback
+
+from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer,
+                       QgsVectorLayer)
+from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtGui import QGuiApplication
+from qgis.PyQt.QtWidgets import QApplication, QMessageBox
+from qgis.utils import iface, plugins
+
+ZIP, SAMPLE, OUT = os.environ["SOCIOSEG_ZIP"], os.environ["SOCIOSEG_SAMPLE"], os.environ["SOCIOSEG_OUT"]
+DEADLINE = time.monotonic() + float(os.environ.get("SOCIOSEG_DEADLINE", "540"))
+summary = {"steps": [], "log": [], "ok": False}
+state = {"phase": "start", "t0": time.monotonic()}
+
+
+def note(text):
+    summary["steps"].append(f"{time.monotonic() - state['t0']:6.1f}s {text}")
+    print(f"[walkthrough] {text}", flush=True)
+
+
+def shot(name):
+    """The whole X screen: dialogs and task windows are separate top-level windows."""
+    path = os.path.join(OUT, name)
+    QGuiApplication.primaryScreen().grabWindow(0).save(path)
+    note(f"screenshot {name}")
+
+
+def finish(ok):
+    summary["ok"] = ok
+    with open(os.path.join(OUT, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    QTimer.singleShot(500, lambda: QgsApplication.exit(0 if ok else 1))
+
+
+def guarded(fn):
+    def run():
+        try:
+            fn()
+        except Exception:
+            note("driver error: " + traceback.format_exc())
+            finish(False)
+    return run
+
+
+QgsApplication.messageLog().messageReceived.connect(
+    lambda message, tag, level: tag == "SocioSeg" and summary["log"].append(message))
+
+
+@guarded
+def install():
+    import pyplugin_installer
+
+    pyplugin_installer.instance().installFromZipFile(ZIP)
+    assert "socioseg" in plugins, "the plugin did not load from the ZIP"
+    note(f"installed {ZIP} into {plugins['socioseg'].__module__}")
+    project = QgsProject.instance()
+    project.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))
+    sat = QgsRasterLayer(os.path.join(SAMPLE, "satellite.tif"), "Satellite (sample)")
+    maps = [QgsVectorLayer(os.path.join(SAMPLE, "map.gpkg") + f"|layername={n}", f"map {n}", "ogr")
+            for n in ("pois", "roads", "areas")]
+    project.addMapLayer(sat)
+    for lyr in maps:
+        project.addMapLayer(lyr)
+    iface.mapCanvas().setExtent(sat.extent())
+    iface.mapCanvas().refresh()
+    plugin = plugins["socioseg"]
+    plugin.toggle_panel(True)
+    panel = plugin.panel
+    panel.sat_combo.setLayer(sat)
+    panel.refresh_layers()
+    chosen = sorted(l.name() for l in panel.map_layers())
+    summary["map_layers"] = chosen
+    note(f"map layers chosen by default: {chosen}")
+    panel.query.setCurrentText("schools")
+    state["panel"] = panel
+    QTimer.singleShot(1500, press_run)
+
+
+@guarded
+def press_run():
+    QTimer.singleShot(2000, answer_offer)     # fires inside the offer's modal loop
+    note("pressing Run with no environment set up")
+    state["panel"].run_button.click()
+    note("Run returned; waiting for the set-up task")
+    state["phase"] = "setup"
+    QTimer.singleShot(1000, poll)
+
+
+@guarded
+def answer_offer():
+    box = QApplication.activeModalWidget()
+    if not isinstance(box, QMessageBox):
+        note(f"no set-up offer was shown (active modal: {box!r})")
+        return
+    summary["offer"] = box.text()
+    note("offer: " + box.text().replace("\n", " "))
+    shot("02_setup_offer.png")
+    box.button(QMessageBox.Yes).click()
+
+
+@guarded
+def poll():
+    if time.monotonic() > DEADLINE:
+        note(f"deadline passed in phase {state['phase']}")
+        shot("99_timeout.png")
+        return finish(False)
+    from socioseg.plugin import environment as env
+    from socioseg.plugin.layers import is_result
+
+    panel = state["panel"]
+    if state["phase"] == "setup":
+        if not state.get("setup_shot") and time.monotonic() - state["t0"] > 12:
+            state["setup_shot"] = True
+            shot("03_setup_running.png")
+        if panel.task is not None:       # the offer's on_ready pressed Run again: detection started
+            summary["environment"] = env.status(env.venv_dir(env.data_dir())).text
+            note(f"environment: {summary['environment']}")
+            state["phase"] = "detect"
+        elif QgsApplication.taskManager().countActiveTasks() == 0 and state.get("seen_setup"):
+            note("set-up ended without starting the detection; status: "
+                 + env.status(env.venv_dir(env.data_dir())).text)
+            shot("98_setup_failed.png")
+            return finish(False)
+        state["seen_setup"] = state.get("seen_setup") or QgsApplication.taskManager().countActiveTasks() > 0
+    elif state["phase"] == "detect" and panel.task is None:
+        results = [l for l in QgsProject.instance().mapLayers().values() if is_result(l)]
+        names = sorted(str(f["name"]) for l in results for f in l.getFeatures())
+        summary["results"] = {l.name(): l.featureCount() for l in results}
+        summary["found"] = names
+        summary["status_line"] = panel.status.text()
+        note(f"result layers {summary['results']}; found {names}; panel says {panel.status.text()!r}")
+        for w in QApplication.topLevelWidgets():     # the set-up window, left open by the user
+            if w.isVisible() and w.windowTitle().startswith("SocioSeg: Set up"):
+                summary["setup_window"] = w.state.text()
+                w.hide()
+        if results:
+            iface.mapCanvas().setExtent(results[0].extent().buffered(150))
+        iface.mapCanvas().refresh()
+        QTimer.singleShot(2500, final_shots)
+        return
+    QTimer.singleShot(1000, poll)
+
+
+@guarded
+def final_shots():
+    iface.mainWindow().grab().save(os.path.join(OUT, "04_result.png"))
+    note("screenshot 04_result.png")
+    from socioseg.plugin.settings_dialog import SettingsDialog
+
+    d = SettingsDialog(iface.mainWindow())
+    d.show()
+    QTimer.singleShot(1500, lambda: (shot("05_settings.png"), d.close(), check()))
+
+
+@guarded
+def check():
+    expected = {"Lakeview High School", "Northgate Middle School", "Maple School"}
+    ok = set(summary.get("found", [])) == expected and summary.get("map_layers") == ["map areas", "map pois",
+                                                                                     "map roads"]
+    note(("PASS" if ok else "FAIL") + f": expected {sorted(expected)}")
+    finish(ok)
+
+
+QTimer.singleShot(1500, install)
