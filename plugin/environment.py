@@ -62,7 +62,7 @@ def base_python(executable: str | None = None, prefix: str | None = None, base_e
     """The real interpreter QGIS runs on, to make the venv from.
 
     Inside QGIS sys.executable is often the QGIS binary itself (qgis-bin.exe on Windows, QGIS.app's
-    executable on macOS). Layouts: Linux packages /usr/bin/python3 (prefix /usr); OSGeo4W and the
+    executable on macOS) or whatever "python3" is first on PATH (Linux); sys.base_prefix is reliable. Layouts: Linux packages /usr/bin/python3 (prefix /usr); OSGeo4W and the
     standalone Windows installer <prefix>/python3.exe or python.exe (prefix e.g. C:/OSGeo4W/apps/Python312);
     the macOS app bundle <prefix>/bin/python3 (prefix QGIS.app/Contents/Frameworks/Python.framework/...
     or QGIS.app/Contents/MacOS). Tested here on Debian 12 only; the others are from their layouts."""
@@ -80,7 +80,9 @@ def base_python(executable: str | None = None, prefix: str | None = None, base_e
     else:
         names = [os.path.join(prefix, "bin", f"python{version}"), os.path.join(prefix, "bin", "python3"),
                  os.path.join(prefix, "bin", "python")]
-    for candidate in (base_executable, executable, *names):
+    # The prefix's own interpreter first: an embedded Python (QGIS) derives sys.executable from a PATH
+    # search for "python3", which can land on any other Python (pyenv shims were found this way here).
+    for candidate in (*names, base_executable, executable):
         if is_python(candidate):
             return candidate
     found = shutil.which("python3") or shutil.which("python")

@@ -103,7 +103,8 @@ def model_status(ref: str | None, models: str, what: str) -> ModelStatus:
     cached = _hf_cache_snapshot(ref)
     if cached:
         return ModelStatus(True, cached, f"{what}: in the Hugging Face cache ({cached})", True)
-    return ModelStatus(False, local, f"{what}: {ref} {problem} (Download puts it in {local})", True)
+    return ModelStatus(False, local, f"{what}: {problem} (Download puts it in models/{os.path.basename(local)})",
+                       True)
 
 
 def download_command(python: str, ref: str, dest: str, size_only: bool = False) -> list[str]:

@@ -1,18 +1,23 @@
 """Build the plugin zip that QGIS's "Install from ZIP" accepts: dist/socioseg.zip with one folder.
 
-    .venv/bin/python scripts/build_zip.py [--out dist/socioseg.zip]
+    python3 scripts/build_zip.py [--out dist/socioseg.zip] [--worktree]
 
-An ALLOW-list, not a deny-list: only tracked files (git ls-files) that a user's QGIS needs go in, so
-tests, training, benchmarks, developer scripts, caches, a pytest-qgis profile or anything a developer
-leaves in the tree can never slip into a release.
+An ALLOW-list, not a deny-list: only committed files that a user's QGIS needs go in, so tests, training,
+benchmarks, developer scripts, caches, a pytest-qgis profile or anything a developer leaves in the tree
+can never slip into a release. The files come from the last commit (git archive HEAD), so a ZIP is always
+a consistent snapshot even while the working tree has half-done edits; `--worktree` takes the working
+tree's copies of the tracked files instead (to try uncommitted changes in QGIS).
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import io
 import os
 import subprocess
 import sys
+import tarfile
+import time
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,17 +40,32 @@ def allowed(path: str) -> bool:
     return False
 
 
-def plugin_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return sorted(f for f in out.splitlines() if allowed(f) and os.path.isfile(os.path.join(ROOT, f)))
+def _git(*args: str) -> bytes:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True).stdout
 
 
-def build(out: str) -> str:
+def plugin_files(worktree: bool = False) -> list[str]:
+    listing = _git("ls-files") if worktree else _git("ls-tree", "-r", "--name-only", "HEAD")
+    files = [f for f in listing.decode().splitlines() if allowed(f)]
+    return sorted(f for f in files if not worktree or os.path.isfile(os.path.join(ROOT, f)))
+
+
+def build(out: str, worktree: bool = False) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    files = plugin_files(worktree)
     tmp = out + ".part"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in plugin_files():
-            z.write(os.path.join(ROOT, f), f"{PACKAGE}/{f}")
+        if worktree:
+            for f in files:
+                z.write(os.path.join(ROOT, f), f"{PACKAGE}/{f}")
+        else:
+            with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", "HEAD", "--", *files))) as tar:
+                for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                    if member.isfile():
+                        info = zipfile.ZipInfo(f"{PACKAGE}/{member.name}", time.localtime(member.mtime)[:6])
+                        info.external_attr = (member.mode & 0o777) << 16
+                        info.compress_type = zipfile.ZIP_DEFLATED
+                        z.writestr(info, tar.extractfile(member).read())
     os.replace(tmp, out)
     return out
 
@@ -53,8 +73,10 @@ def build(out: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "dist", f"{PACKAGE}.zip"))
+    ap.add_argument("--worktree", action="store_true",
+                    help="use the working tree's copies of the tracked files instead of the last commit")
     args = ap.parse_args()
-    path = build(args.out)
+    path = build(args.out, args.worktree)
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     return 0
 

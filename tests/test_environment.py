@@ -28,6 +28,9 @@ def test_real_interpreter_found_for_each_layout():
     assert env.base_python("/usr/bin/qgis", "/usr", "", "linux", on("/usr/bin/python3")) == "/usr/bin/python3"
     assert env.base_python("/x/.venv/bin/python", "/usr", "/usr/bin/python3", "linux",
                            on("/usr/bin/python3", "/x/.venv/bin/python")) == "/usr/bin/python3"
+    # embedded in QGIS, sys.executable came from a PATH search and hit a pyenv shim: the prefix wins
+    assert env.base_python("/root/.pyenv/shims/python3", "/usr", "", "linux",
+                           on("/usr/bin/python3", "/root/.pyenv/shims/python3")) == "/usr/bin/python3"
     # and on this machine, for real
     assert os.path.basename(env.base_python()).startswith("python") and os.path.exists(env.base_python())
 

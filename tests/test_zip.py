@@ -19,7 +19,9 @@ NEVER = ("tests/", "training/", "benchmarks/", "scripts/", "docs/", ".ci/", ".qg
 
 
 def tracked() -> list[str]:
-    return subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    """The last commit's files: the ZIP is built from HEAD, never from half-done working-tree edits."""
+    return subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.split()
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,10 @@ def test_zip_holds_exactly_what_the_plugin_needs(built_zip):
     assert MUST_HAVE <= inner, sorted(MUST_HAVE - inner)
     assert TOP_LEVEL <= inner, sorted(TOP_LEVEL - inner)
     assert not [n for n in inner if n.startswith(NEVER) or "__pycache__" in n or n.endswith(".pyc")]
+    with zipfile.ZipFile(built_zip) as z:      # the committed bytes, not the working tree's
+        head = subprocess.run(["git", "show", "HEAD:plugin/environment.py"], cwd=ROOT, capture_output=True,
+                              check=True).stdout
+        assert z.read("socioseg/plugin/environment.py") == head
 
 
 def test_plugin_zip_is_installable(built_zip, tmp_path):
