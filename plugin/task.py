@@ -39,10 +39,11 @@ def log(message: str, level=Qgis.Info) -> None:
 
 
 # CLI wording in backend messages, and the plugin control that does the same (the backend serves both).
-CONTROLS = [("--reasoner qwen", "Engine: SocioReasoner"), ("--task class", "Task level: class"),
+CONTROLS = [(", a legend file with that class (--legend),", ","), (" (--legend)", ""),
+            ("--reasoner qwen", "Engine: SocioReasoner"), ("--task class", "Task level: class"),
             ("--task function", "Task level: function"), ("--task name", "Task level: name"),
             ("--max-tiles", "Settings > Max tiles"), ("--resolution", "Resolution"), ("--bbox", "Area"),
-            ("--legend", "a vector Map layer"), ("--task", "Task level"), ("--reasoner", "Engine"),
+            ("--task", "Task level"), ("--reasoner", "Engine"),
             ("--segmenter", "Settings > Segmenter"), ("--device", "Settings > Device")]
 
 

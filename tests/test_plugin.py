@@ -40,11 +40,12 @@ def test_loading_the_plugin_does_not_import_torch(tmp_path):
     (tmp_path / "socioseg").symlink_to(ROOT)
     code = ("import sys; sys.path.insert(0, %r)\n"
             "import socioseg, socioseg.plugin.main, socioseg.plugin.panel, socioseg.plugin.task, "
-            "socioseg.plugin.processing_provider, socioseg.plugin.capture, socioseg.plugin.layers\n"
-            "print('torch' in sys.modules, 'rasterio' in sys.modules)" % str(tmp_path))
+            "socioseg.plugin.processing_provider, socioseg.plugin.capture, socioseg.plugin.layers, "
+            "socioseg.backend.contract\n"
+            "print([m for m in ('torch', 'rasterio', 'shapely', 'pyproj') if m in sys.modules])" % str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
-    assert r.stdout.split() == ["False", "False"], r.stderr
+    assert r.stdout.strip() == "[]", r.stderr
 
 
 def _marker_raster(path, crs, transform, shape=(200, 300)):
@@ -220,7 +221,10 @@ def test_all_three_layers_of_the_map_find_all_three_schools(plugin_pkg, qgis_new
     from socioseg.plugin.task import DetectTask
     panel = FindPanel(qgis_iface)
     task = DetectTask(_params(sample_dir, "schools", layers=("areas", "roads", "pois")), panel._finished)
+    messages = []
+    task.progressChanged.connect(lambda _: messages.append(task.message))
     panel.start(task, run_now=True)
+    assert any(m.startswith("2/2 tiles · ") and "tiles/s" in m and "left" in m for m in messages), messages
     assert task.error is None, task.error
     layer = panel.last_layer
     assert layer.featureCount() == 3
@@ -360,6 +364,39 @@ def test_backend_option_names_become_plugin_controls():
     from socioseg.plugin.task import plugin_wording
     text = plugin_wording("use the vision-language reasoner (--reasoner qwen) or --task class; raise the limit (--max-tiles)")
     assert "--" not in text and "Engine: SocioReasoner" in text and "Settings > Max tiles" in text
+    text = plugin_wording("the map legend L has no colour for zoo: give a vector map, a legend file with that class "
+                          "(--legend), or use --reasoner qwen")
+    assert text == "the map legend L has no colour for zoo: give a vector map, or use Engine: SocioReasoner"
+
+
+def test_drawn_area_stays_visible_and_zoom_goes_to_the_result(plugin_pkg, qgis_new_project, qgis_iface, sample_dir,
+                                                             results_folder, qgis_processing):
+    from socioseg.plugin.panel import FindPanel
+    from socioseg.plugin.task import DetectTask
+    project = QgsProject.instance()
+    sat = QgsRasterLayer(os.path.join(sample_dir, "satellite.tif"), "satellite")
+    project.addMapLayers([sat] + _map_layers(sample_dir, ("areas", "pois")))
+    panel = FindPanel(qgis_iface)
+    panel.area.setCurrentIndex(2)
+    drawn = QgsRectangle(499_600, 4_056_500, 500_200, 4_057_300)
+    panel._extent_drawn(drawn)
+    assert panel._band.asGeometry().boundingBox() == drawn and panel.chosen_extent() == drawn
+    panel.area.setCurrentIndex(0)
+    assert panel._band.asGeometry().isEmpty()
+    panel.start(DetectTask(_params(sample_dir, "parks"), panel._finished), run_now=True)
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(project.crs())
+    canvas.setExtent(QgsRectangle(0, 0, 10, 10))
+    panel.zoom_to_result()
+    assert canvas.extent().contains(panel.last_layer.extent())
+    # the Processing dialog's defaults: the satellite as satellite, the map layers (never a result) as map
+    from socioseg.plugin.processing_provider import DetectEntitiesAlgorithm
+    alg = DetectEntitiesAlgorithm()
+    alg.initAlgorithm()
+    assert alg.parameterDefinition("SATELLITE").defaultValue() == sat.id()
+    maps = alg.parameterDefinition("MAP").defaultValue()
+    assert sat.id() not in maps and panel.last_layer.id() not in maps and len(maps) == 2
+    panel.disconnect_project()
 
 
 def test_processing_algorithm_runs_with_and_without_extent(plugin_pkg, qgis_processing, qgis_new_project,
