@@ -65,13 +65,14 @@ def install():
     assert "socioseg" in plugins, "the plugin did not load from the ZIP"
     note(f"installed {ZIP} into {plugins['socioseg'].__module__}")
     project = QgsProject.instance()
-    project.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))
     sat = QgsRasterLayer(os.path.join(SAMPLE, "satellite.tif"), "Satellite (sample)")
     maps = [QgsVectorLayer(os.path.join(SAMPLE, "map.gpkg") + f"|layername={n}", f"map {n}", "ogr")
-            for n in ("pois", "roads", "areas")]
+            for n in ("areas", "roads", "pois")]
     project.addMapLayer(sat)
     for lyr in maps:
         project.addMapLayer(lyr)
+    project.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))    # after the layers: the first sets it
+    state["maps"] = maps
     iface.mapCanvas().setExtent(sat.extent())
     iface.mapCanvas().refresh()
     plugin = plugins["socioseg"]
@@ -144,6 +145,9 @@ def poll():
             if w.isVisible() and w.windowTitle().startswith("SocioSeg: Set up"):
                 summary["setup_window"] = w.state.text()
                 w.hide()
+        root = QgsProject.instance().layerTreeRoot()
+        for lyr in state["maps"][:2]:      # areas and roads hid the image; the POIs show the point-only school
+            root.findLayer(lyr.id()).setItemVisibilityChecked(False)
         if results:
             iface.mapCanvas().setExtent(results[0].extent().buffered(150))
         iface.mapCanvas().refresh()
