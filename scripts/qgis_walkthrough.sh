@@ -5,7 +5,7 @@
 # detection runs -> the sample's three schools, from the three layers of map.gpkg (one school is only a
 # point). Screenshots and summary.json go to OUT (default out/walkthrough); exit code 0 = all three found.
 #
-#   bash scripts/qgis_walkthrough.sh [OUT]
+#   bash scripts/qgis_walkthrough.sh [OUT]         (ZIP_ARGS=--worktree: the ZIP from uncommitted edits)
 #
 # Needs the QGIS desktop (Debian package `qgis`, installed here when run as root) and xvfb; network access
 # to PyPI for the environment. Nothing of the developer's .venv is used.
@@ -23,7 +23,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 rm -rf "$out" && mkdir -p "$out"
 # the ZIP a user downloads; built by the system Python (the builder needs only the standard library and git)
-/usr/bin/python3 "$root/scripts/build_zip.py" --out "$work/socioseg.zip"
+/usr/bin/python3 "$root/scripts/build_zip.py" --out "$work/socioseg.zip" ${ZIP_ARGS:-}
 unzip -l "$work/socioseg.zip" > "$out/zip_contents.txt"
 profiles="$work/profiles"
 mkdir -p "$profiles/profiles/default/QGIS"
