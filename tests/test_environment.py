@@ -171,3 +171,15 @@ print(json.dumps({{"base": base, "probe": result, "status": env.status(venv).sta
     assert info.returncode == 0 and "socioseg backend" in info.stdout and "rasterio 1.4" in info.stdout, info.stderr
     # isolated from Debian's packages: pyproj is the wheel (Debian's 3.4 cannot find PROJ data in a venv)
     assert "pyproj 3.4" not in info.stdout
+
+
+def test_diagnostics_of_a_bare_python_name_the_button_not_a_traceback(plugin_pkg, qgis_app):
+    from socioseg.plugin.settings_dialog import diagnostics_text
+
+    bare = "/usr/bin/python3"        # Debian's Python: no rasterio, shapely, ... (PEP 668 keeps it so)
+    missing = env.probe(bare, env.LIGHT_MODULES)["missing"]
+    if not missing:
+        pytest.skip("this machine's /usr/bin/python3 has the backend's packages")
+    text = diagnostics_text(bare)
+    assert f"backend Python {bare}" in text and "Set up Python environment" in text
+    assert "Traceback" not in text and "ModuleNotFoundError" not in text
