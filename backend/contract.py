@@ -39,6 +39,7 @@ SATELLITE_FILE = "satellite.tif"
 MAP_FILE = "map.tif"
 FEATURES_FILE = "features.gpkg"
 TASK_LEVELS = ("name", "class", "function")
+TILES_START = 0.1     # the worker's progress fraction when the engines are loaded and tile work begins
 
 
 class RequestError(InputError):

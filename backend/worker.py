@@ -121,11 +121,14 @@ def run_scene(folder: str, req: contract.SceneRequest | None = None) -> contract
     scene = load_scene_folder(folder, req)
 
     def progress(frac, msg):
-        print(contract.progress_line(0.1 + 0.9 * frac, min(total, int(frac * total + 1e-9)), total, msg), flush=True)
+        start = contract.TILES_START
+        print(contract.progress_line(start + (1 - start) * frac, min(total, int(frac * total + 1e-9)), total, msg),
+              flush=True)
 
     print(contract.progress_line(0.02, 0, total, "loading engines"), flush=True)
     reasoner = build_reasoner(req.reasoner, req.device, generation)
     segmenter = build_segmenter(req.segmenter, req.device)
+    progress(0.0, "engines loaded")          # the tile clock starts here, not before the model loads
     handler = _Warnings()
     logging.getLogger("backend").addHandler(handler)
     try:

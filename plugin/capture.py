@@ -122,10 +122,15 @@ def render_to_geotiff(layers, grid, crs, path: str, background=None, progress=No
             rgba = rgba[MARGIN:MARGIN + h, MARGIN:MARGIN + w]
             drawn = drawn or bool((rgba[..., 3] > 0).any())
             for band in range(4):
-                ds.GetRasterBand(band + 1).WriteArray(rgba[..., band], x0, y0)
+                # GDAL's bindings return an error code (no exception) when, e.g., the disk is full
+                if ds.GetRasterBand(band + 1).WriteArray(rgba[..., band], x0, y0) != 0:
+                    raise OSError(f"cannot write {path}: {gdal.GetLastErrorMsg() or 'write failed'}")
             if progress is not None:
                 progress((k + 1) / len(todo))
+        gdal.ErrorReset()          # only the flush's own errors count below, not a layer's read warnings
         ds.FlushCache()
+        if gdal.GetLastErrorType() >= gdal.CE_Failure:
+            raise OSError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
         return drawn
     finally:
         ds = None   # closes the file (GDAL's Python idiom)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from qgis.core import Qgis, QgsMessageLog, QgsRectangle, QgsTask
 
-from ..backend.contract import SceneRequest, SceneResult, Throughput, TilePlan
+from ..backend.contract import TILES_START, SceneRequest, SceneResult, Throughput, TilePlan
 
 TAG = "SocioSeg"
 CAPTURE_SHARE = 0.2      # of the progress bar: rendering the layers; the rest is the worker's
@@ -57,6 +57,7 @@ def plugin_wording(message: str) -> str:
 def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -> SceneResult:
     """Capture in QGIS, detect in the worker process. `progress(fraction, text)`.
     Raises backend errors (InputError, Cancelled) and WorkerError. Shared by the task and Processing."""
+    from ..backend.errors import InputError
     from .capture import capture_scene
     from .worker_client import run_worker, worker_python
 
@@ -64,7 +65,11 @@ def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -
         if progress:
             progress(frac, msg)
 
-    folder = tempfile.mkdtemp(prefix="socioseg-scene-")
+    try:
+        folder = tempfile.mkdtemp(prefix="socioseg-scene-")
+    except OSError as exc:
+        raise InputError(f"cannot make a folder in {tempfile.gettempdir()} for the rendered layers "
+                         f"({exc.strerror or exc}): free space there or make it writable") from None
     try:
         report(0.0, "rendering the layers")
         cap = capture_scene(folder, params.satellite_layer, params.map_layers, params.extent, params.crs,
@@ -78,10 +83,13 @@ def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -
         clock = Throughput()
 
         def worker_progress(frac, done, total, text):
-            rate = clock.update(done, total, time.monotonic()) if total else ""
+            rate = clock.update(done, total, time.monotonic()) if total and frac >= TILES_START else ""
             report(CAPTURE_SHARE + (1 - CAPTURE_SHARE) * frac, f"{rate} — {text}" if rate else text)
 
         return run_worker(worker_python(params.python), folder, worker_progress, cancel, warn)
+    except OSError as exc:      # writing the scene: a full disk, a read-only temporary folder
+        raise InputError(f"{exc}. The layers are rendered into {tempfile.gettempdir()} before detection: "
+                         "free space there, or choose a smaller Area or a coarser Resolution") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -309,6 +309,19 @@ def test_cancel_during_capture_stops_between_render_blocks(plugin_pkg, qgis_new_
     assert len(rendered) == 3       # stopped at the next block, not after rendering the whole area
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_while_rendering_is_a_message_with_the_fix(plugin_pkg, qgis_new_project, sample_dir,
+                                                               monkeypatch, tmp_path):
+    from socioseg.backend import contract
+    from socioseg.plugin.task import DetectTask
+    monkeypatch.setattr(contract, "SATELLITE_FILE", "/dev/full")    # every write fails: "No space left"
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    task = DetectTask(_params(sample_dir, "parks"))
+    assert task.run() is False and not task.cancelled
+    assert "cannot write /dev/full" in task.error and "free space there" in task.error
+    assert os.listdir(tmp_path) == []                                # the scene folder is gone
+
+
 def test_unanswerable_query_on_a_vector_map_says_why_instead_of_an_empty_layer(plugin_pkg, qgis_new_project,
                                                                               qgis_iface, sample_dir):
     from socioseg.plugin.panel import FindPanel
