@@ -12,26 +12,37 @@ the vision-language model. It is an honest baseline, not the paper's method.
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import cv2
 import numpy as np
 import shapely
-from scipy import ndimage
 
 from ..errors import InputError
-from ..geo.maprender import hex_rgb
 from ..pipeline.prompts import Item, ParsedAnswer, format_answer
 from ..pipeline.query import QuerySpec, name_score, resolve_query
 from ..geo.raster import rasterize
 from ..resources import load_json, resource
 from ..geo.vectormap import units_per_metre
-from .base import QwenFrame, Reply, TileView
+from .legend import Legend, group_places, place_mask
+from .base import SmartResize, Reply, TileView
 
 log = logging.getLogger(__name__)
 
 POINT_BOX_M = 80.0        # side of the square a POI gets when no street block surrounds it
 MAX_BLOCK_M2 = 250_000.0  # a "block" larger than this is open country, not a block
 MIN_AREA_M2 = 150.0       # smaller pieces (slivers at tile edges, legend noise) are ignored
+WORK_M = 1.0              # raster maps are read at about this many metres per pixel
+MIN_SITE_M2 = 20.0        # an enclosing building or site smaller than this is a mapping slip
+# Areas that can stand for a place mapped only as a point inside them, and areas that cannot.
+SITE_KEYS = ("amenity", "landuse", "leisure", "tourism", "shop", "office", "healthcare", "historic",
+             "man_made", "military", "aeroway", "railway", "public_transport")
+NOT_A_SITE = ("boundary", "place", "admin_level", "highway")
+# Parts of a site (a school's track, a hospital's car park): a point inside one stands for more.
+PARTS = {"leisure": {"pitch", "track", "playground", "swimming_pool", "fitness_station"},
+         "amenity": {"parking", "bicycle_parking", "parking_space"}}
+ZONING = {"residential", "commercial", "retail", "industrial", "construction", "brownfield", "greenfield"}
 
 
 def interior_points(mask: np.ndarray, n: int = 2) -> list[tuple[float, float]]:
@@ -53,11 +64,53 @@ def interior_points(mask: np.ndarray, n: int = 2) -> list[tuple[float, float]]:
     return pts
 
 
-class MapReader(QwenFrame):
+def spread_points(mask: np.ndarray, n: int, edge_px: int = 4) -> list[tuple[float, float]]:
+    """Up to `n` points on a regular lattice over a mask, at least `edge_px` inside its edge. The map
+    says exactly where the place is; points all over it tell the segmenter that the whole shape,
+    not only its middle, is foreground (an L-shaped school yard, a park around a pond)."""
+    if n <= 0 or mask is None or not mask.any():
+        return []
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((2 * edge_px + 1,) * 2, np.uint8)).astype(bool)
+    count = int(inner.sum())
+    if count == 0:
+        return []
+    step = max(4, int(np.ceil(np.sqrt(count / n))))
+    while True:
+        ys, xs = np.nonzero(inner[step // 2::step, step // 2::step])
+        if len(ys) <= n:
+            break
+        step += 1
+    return [(float(x * step + step // 2), float(y * step + step // 2)) for y, x in zip(ys, xs)]
+
+
+def check_legend(path: str) -> None:
+    """A legend file is JSON with "colours": {"#rrggbb": [class, ...]}; anything else is named now,
+    before any work, with the option that changes it."""
+    fix = "pass a legend JSON file with --reasoner mapreader:LEGEND.json (see resources/legends/osm_carto.json)"
+    if not os.path.isfile(path):
+        raise InputError(f"map legend {path} not found: {fix}")
+    try:
+        legend = load_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"map legend {path} is not valid JSON ({exc}): {fix}") from None
+    colours = legend.get("colours") if isinstance(legend, dict) else None
+    if not isinstance(colours, dict) or not colours:
+        raise InputError(f'map legend {path} has no "colours" table: {fix}')
+    for code, classes in colours.items():
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", str(code)) or not isinstance(classes, list):
+            raise InputError(f'map legend {path}: entry {code!r} is not "#rrggbb": [class, ...]: {fix}')
+
+
+class MapReader(SmartResize):
     name = "mapreader"
+    max_points = 24   # stage-2 points per box beyond the two deepest ones (see spread_points)
 
     def __init__(self, legend: str | None = None):
         self.legend_path = legend or resource("legends", "osm_carto.json")
+        check_legend(self.legend_path)
+        self._legend: Legend | None = None
+        self._found: tuple = (None, None)
+        self.min_area_m2 = MIN_AREA_M2
         self._spec_cache: dict[tuple[str, str | None], QuerySpec] = {}
         self._vector_cache: dict[int, list] = {}
 
@@ -79,9 +132,14 @@ class MapReader(QwenFrame):
                     "reasoner (--reasoner qwen; see README, 'Using the SocioReasoner model').")
             if not self._legend_colours(spec)[0]:
                 raise InputError(f"the map legend {self.legend_path} has no colour for {spec.label}: "
-                                 "give a vector map, a legend file with that class (--legend), or use "
-                                 "--reasoner qwen")
+                                 "give a vector map, a legend file with that class (--reasoner mapreader:LEGEND.json), "
+                                 "or use --reasoner qwen")
         else:
+            if spec.kind == "name" and not any(f.name for f in map_features.features):
+                raise InputError(
+                    f"this map has no names: {query!r} reads as a place name, but no feature of the vector map "
+                    "has a name. Give a map with a 'name' field (e.g. an OpenStreetMap extract), ask for a class "
+                    "or function (--task class), or use --reasoner qwen")
             if not self._candidates(spec, map_features):
                 log.warning("no map feature matches %r (%s)", query, spec.kind)
 
@@ -103,40 +161,67 @@ class MapReader(QwenFrame):
             best = max(s for _, s in hits)
             hits = [(f, s) for f, s in hits if s >= max(0.6, best - 0.1)]
         areas = [f.geometry for f, _ in hits if f.geometry.geom_type in ("Polygon", "MultiPolygon")]
+        area_tree = shapely.STRtree(areas) if areas else None
+        metre = units_per_metre(vmap.crs)
         out = []
         blocks = None
         for f, s in hits:
             g = f.geometry
             label = f.name or next((f"{k}={f.props[k]}" for k in spec.tags if f.props.get(k)), spec.label)
             if g.geom_type in ("Point", "MultiPoint"):
-                if any(a.contains(g) for a in areas):
+                if area_tree is not None and len(area_tree.query(g, predicate="within")):
                     continue          # the same place is also mapped as an area
                 if blocks is None:
                     blocks = self._blocks(vmap)
-                g = self._area_for_point(g, blocks, units_per_metre(vmap.crs))
+                g = self._area_for_point(g, vmap, blocks, metre)
             elif g.geom_type in ("LineString", "MultiLineString"):
-                g = g.buffer(10.0 * units_per_metre(vmap.crs))
+                g = g.buffer(10.0 * metre)
             out.append((g, label, s))
         self._vector_cache[key] = out
         return out
 
     @staticmethod
-    def _blocks(vmap) -> list[shapely.Polygon]:
+    def _blocks(vmap) -> shapely.STRtree | None:
         roads = [f.geometry for f in vmap.features if f.props.get("highway")
                  and f.geometry.geom_type in ("LineString", "MultiLineString")]
         if not roads:
-            return []
+            return None
         merged = shapely.union_all(roads)
         biggest = MAX_BLOCK_M2 * units_per_metre(vmap.crs) ** 2
-        return [p for p in shapely.get_parts(shapely.polygonize([merged])) if p.area <= biggest]
+        polys = [p for p in shapely.get_parts(shapely.polygonize([merged])) if p.area <= biggest]
+        return shapely.STRtree(polys) if polys else None
 
     @staticmethod
-    def _area_for_point(pt, blocks, metre: float) -> shapely.Geometry:
-        for b in blocks:
-            if b.contains(pt):
-                # The carriageway is not part of the place: pull the block edge in by half a road.
-                inner = b.buffer(-5.0 * metre)
-                return inner if not inner.is_empty else b
+    def _area_for_point(pt, vmap, blocks, metre: float) -> shapely.Geometry:
+        """The area a place mapped only as a point stands for: the smallest enclosing site (an area
+        with another tag: amenity, landuse, leisure, ...; a building only when no site encloses it)
+        no larger than its street block, else the street block, else a square."""
+        block = None
+        if blocks is not None:
+            idx = blocks.query(pt, predicate="within")
+            if len(idx):
+                block = blocks.geometries[idx[0]]
+        limit = block.area if block is not None else MAX_BLOCK_M2 * metre ** 2
+        sites, buildings = [], []
+        for i in vmap.tree.query(pt, predicate="within"):
+            f = vmap.features[i]
+            g = f.geometry
+            if g.geom_type not in ("Polygon", "MultiPolygon") or not (MIN_SITE_M2 * metre ** 2 <= g.area <= limit):
+                continue
+            if any(f.props.get(k) for k in NOT_A_SITE) or f.props.get("landuse") in ZONING or any(
+                    f.props.get(k) in v for k, v in PARTS.items()):
+                continue
+            if any(f.props.get(k) for k in SITE_KEYS):
+                sites.append(g)
+            elif f.props.get("building") not in (None, "", "no"):
+                buildings.append(g)
+        for found in (sites, buildings):
+            if found:
+                return min(found, key=lambda a: a.area)
+        if block is not None:
+            # The carriageway is not part of the place: pull the block edge in by half a road.
+            inner = block.buffer(-5.0 * metre)
+            return inner if not inner.is_empty else block
         return pt.buffer(POINT_BOX_M / 2 * metre, cap_style="square")
 
     def _vector_items(self, view: TileView, spec: QuerySpec) -> tuple[list[Item], list[str], list[np.ndarray]]:
@@ -159,48 +244,56 @@ class MapReader(QwenFrame):
         return items, labels, masks
 
     # --- raster maps ----------------------------------------------------------------------------
+    @property
+    def legend(self) -> Legend:
+        if self._legend is None:
+            self._legend = Legend(self.legend_path)
+        return self._legend
+
     def _legend_colours(self, spec: QuerySpec) -> tuple[list[tuple[int, int, int]], set[str]]:
-        legend = load_json(self.legend_path)
-        wanted = set(spec.classes)
-        colours, others = [], set()
-        for hexcode, classes in legend["colours"].items():
-            if wanted & set(classes):
-                colours.append(hex_rgb(hexcode))
-                others |= set(classes) - wanted
-        return colours, others
+        return self.legend.colours_for(spec.classes)
 
     def _raster_items(self, view: TileView, spec: QuerySpec) -> tuple[list[Item], list[str], list[np.ndarray], list[str]]:
-        legend = load_json(self.legend_path)
-        tol = int(legend.get("tolerance", 6))
         colours, others = self._legend_colours(spec)
-        img = view.map_image.astype(np.int16)
-        hit = np.zeros(img.shape[:2], bool)
-        for c in colours:
-            hit |= (np.abs(img - np.array(c, np.int16)) <= tol).all(axis=-1)
-        hit = cv2.morphologyEx(hit.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
-        labels, n = ndimage.label(hit)
-        px_area = abs(view.transform.a * view.transform.e)
+        img = view.map_image
+        metre = units_per_metre(view.crs) if view.crs is not None else 1.0
+        pixel_m = abs(view.transform.a) / metre if view.transform is not None else 1.0
+        # Read at about the map's own scale (~1 m/px), whatever the grid: the same places at 1 m
+        # and at 0.25 m per pixel, and the same cost per square metre.
+        step = max(1, int(round(WORK_M / pixel_m)))
+        small = img[::step, ::step]
+        mask = place_mask(small, self.legend, colours, pixel_m * step)
+        min_px = max(1, int(np.ceil(self.min_area_m2 / (pixel_m * step) ** 2)))
+        places = group_places(mask, pixel_m * step, min_px)
+        h, w = img.shape[:2]
         items, names, masks = [], [], []
-        for k in range(1, n + 1):
-            comp = ndimage.binary_fill_holes(labels == k)   # buildings and labels drawn over the area
-            if comp.sum() * px_area < 400.0 * units_per_metre(view.crs) ** 2:
-                continue
-            ys, xs = np.nonzero(comp)
+        for m in places:
+            if step > 1:
+                m = np.repeat(np.repeat(m, step, axis=0), step, axis=1)[:h, :w]
+            ys, xs = np.nonzero(m)
             items.append(Item((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))))
             names.append(spec.label)
-            masks.append(comp)
+            masks.append(m)
         notes = []
         if others and items:
-            notes.append(f"map legend cannot tell {spec.label} from {', '.join(sorted(others))}")
+            notes.append(f"the map legend ({self.legend.name}) cannot tell {spec.label} from "
+                         f"{', '.join(sorted(others))}")
         return items, names, masks, notes
 
     # --- the two stages -------------------------------------------------------------------------
     def _find(self, view: TileView):
+        """What the map says about this tile; stage 2 asks again for the same view (cached)."""
+        key = (view.tile_id, id(view.map_image), view.query, view.task)
+        if self._found[0] == key:
+            return self._found[1]
         spec = self.spec(view.query, view.task)
         if view.map_features is not None:
             items, labels, masks = self._vector_items(view, spec)
-            return spec, items, labels, masks, []
-        return (spec, *self._raster_items(view, spec))
+            found = (spec, items, labels, masks, [])
+        else:
+            found = (spec, *self._raster_items(view, spec))
+        self._found = (key, found)
+        return found
 
     def stage1(self, view: TileView, prompt: str) -> Reply:
         spec, items, labels, _, notes = self._find(view)
@@ -219,7 +312,7 @@ class MapReader(QwenFrame):
                 iou = _box_iou(it.box, cand.box)
                 if iou > best_iou:
                     best, best_iou = m, iou
-            pts = interior_points(best) if best is not None else []
+            pts = (interior_points(best) + spread_points(best, self.max_points)) if best is not None else []
             x1, y1, x2, y2 = it.box
             pts = [p for p in pts if x1 < p[0] < x2 and y1 < p[1] < y2]
             out.append(Item(it.box, pts or [((x1 + x2) / 2, (y1 + y2) / 2)]))
