@@ -41,6 +41,12 @@ def is_result(layer) -> bool:
     return layer is not None and bool(layer.customProperty(QUERY_PROPERTY))
 
 
+def default_satellite(project: QgsProject):
+    """The bottom-most raster of the layer tree (imagery lies under the map), never a result."""
+    rasters = [l for l in project.layerTreeRoot().layerOrder() if l.type() == QgsMapLayer.RasterLayer and not is_result(l)]
+    return rasters[-1] if rasters else None
+
+
 def default_map_layers(project: QgsProject, satellite_id: str | None) -> list:
     """Every vector layer of the same source as the topmost vector layer (an OSM extract is several
     layers), else the topmost visible raster that is not the satellite; never a result layer."""

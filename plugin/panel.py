@@ -13,7 +13,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinB
                                  QPushButton, QVBoxLayout, QWidget)
 
 from . import deps
-from .layers import default_map_layers, is_result
+from .layers import default_map_layers, default_satellite, is_result
 from .settings import ENGINE_DEFAULT, ENGINE_VLM, PluginSettings
 from .task import TAG, DetectParams, DetectTask
 
@@ -225,8 +225,9 @@ class FindPanel(QDockWidget):
             return value if ok and value != "" else None
 
         sat = project.mapLayer(entry("satellite") or "")
-        if sat is not None and not is_result(sat):
-            self.sat_combo.setLayer(sat)
+        if sat is None or is_result(sat) or sat.type() != QgsMapLayer.RasterLayer:
+            sat = default_satellite(project)
+        self.sat_combo.setLayer(sat)
         self.refresh_layers((entry("maps") or "").split(";") if entry("maps") else [])
         if entry("query"):
             self.query.setEditText(entry("query"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import (QgsCoordinateTransform, QgsMapLayer, QgsProject, QgsRectangle, QgsFeatureSink, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
+from qgis.core import (QgsCoordinateTransform, QgsProject, QgsRectangle, QgsFeatureSink, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
                        QgsProcessingParameterFeatureSink, QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
@@ -20,12 +20,10 @@ ENGINE_CHOICES = [ENGINE_DEFAULT, ENGINE_VLM]
 def _default_layers() -> tuple[str | None, list[str]]:
     """The project's first raster that is not a result as the satellite, and the panel's default map
     layers (never the satellite, never a result), so the dialog does not offer the satellite as map."""
-    from .layers import default_map_layers, is_result
+    from .layers import default_map_layers, default_satellite
 
     project = QgsProject.instance()
-    rasters = [l for l in project.layerTreeRoot().layerOrder()
-               if l.type() == QgsMapLayer.RasterLayer and not is_result(l)]
-    sat = rasters[-1] if rasters else None         # the bottom raster: imagery lies under the map
+    sat = default_satellite(project)
     maps = default_map_layers(project, sat.id() if sat else None)
     return (sat.id() if sat else None), [m.id() for m in maps]
 

@@ -343,9 +343,10 @@ def test_panel_defaults_presets_and_remembered_choices(plugin_pkg, qgis_new_proj
     project.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))
     sat = QgsRasterLayer(os.path.join(sample_dir, "satellite.tif"), "satellite")
     raster_map = QgsRasterLayer(os.path.join(sample_dir, "map.tif"), "carto")
-    project.addMapLayers([sat, raster_map])
+    project.addMapLayer(sat)
+    project.addMapLayer(raster_map)                                      # drawn above the imagery
     panel = FindPanel(qgis_iface)
-    panel.sat_combo.setLayer(sat)
+    assert panel.sat_combo.currentLayer() is sat                         # the bottom raster
     assert [l.name() for l in panel.map_layers()] == ["carto"]          # never the satellite as map
     presets = [panel.query.itemText(i) for i in range(panel.query.count())]
     assert "schools" in presets and "zoos" not in presets               # the Carto legend has no zoo colour
