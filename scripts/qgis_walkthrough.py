@@ -11,8 +11,7 @@ import os
 import time
 import traceback
 
-from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer,
-                       QgsVectorLayer)
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtGui import QGuiApplication
 from qgis.PyQt.QtWidgets import QApplication, QMessageBox
@@ -71,8 +70,7 @@ def install():
     project.addMapLayer(sat)
     for lyr in maps:
         project.addMapLayer(lyr)
-    project.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))    # after the layers: the first sets it
-    state["maps"] = maps
+    state["maps"], state["sat"] = maps, sat
     iface.mapCanvas().setExtent(sat.extent())
     iface.mapCanvas().refresh()
     plugin = plugins["socioseg"]
@@ -91,6 +89,8 @@ def install():
 @guarded
 def press_run():
     QTimer.singleShot(2000, answer_offer)     # fires inside the offer's modal loop
+    summary["project_crs"] = QgsProject.instance().crs().authid()
+    summary["canvas_crs"] = iface.mapCanvas().mapSettings().destinationCrs().authid()
     note("pressing Run with no environment set up")
     state["panel"].run_button.click()
     note("Run returned; waiting for the set-up task")
@@ -148,8 +148,8 @@ def poll():
         root = QgsProject.instance().layerTreeRoot()
         for lyr in state["maps"][:2]:      # areas and roads hid the image; the POIs show the point-only school
             root.findLayer(lyr.id()).setItemVisibilityChecked(False)
-        if results:
-            iface.mapCanvas().setExtent(results[0].extent().buffered(150))
+        iface.setActiveLayer(state["sat"])      # the whole sample, in whatever CRS the canvas has
+        iface.zoomToActiveLayer()
         iface.mapCanvas().refresh()
         QTimer.singleShot(2500, final_shots)
         return
