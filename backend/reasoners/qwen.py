@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_VLM = "vvangfaye/SocioReasoner-3B"
 BASE_VLM = "Qwen/Qwen2.5-VL-3B-Instruct"
+MODEL_TYPES = ("qwen2_5_vl",)   # the prompts, resize and coordinates are Qwen2.5-VL's
 
 
 @dataclass
@@ -111,11 +112,11 @@ class QwenReasoner(QwenChat):
         self.device = resolve_device(device)
         self.dtype = dtype or default_dtype(self.device)
         hint = "--reasoner qwen:/path/to/SocioReasoner-3B"
-        kinds = ("qwen2_5_vl",)   # the prompts, resize and coordinates are Qwen2.5-VL's
-        processor = load_pretrained(AutoProcessor, model, "vision-language reasoner", hint, model_types=kinds)
+        processor = load_pretrained(AutoProcessor, model, "vision-language reasoner", hint,
+                                    model_types=MODEL_TYPES)
         super().__init__(processor, min_pixels, max_pixels)
         net = load_pretrained(AutoModelForImageTextToText, model, "vision-language reasoner", hint,
-                              model_types=kinds, dtype=self.dtype)
+                              model_types=MODEL_TYPES, dtype=self.dtype)
         self.model = net.to(self.device).eval()
         self.generation = generation or GenerationSettings()
         self.name = f"qwen:{model}"

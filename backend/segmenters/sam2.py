@@ -8,6 +8,7 @@ from ..hub import load_pretrained
 from .base import Prompt, Segmentation
 
 DEFAULT_SAM2 = "facebook/sam2-hiera-large"
+MODEL_TYPES = ("sam2", "sam2_video")   # a SAM 2 video checkpoint holds the image model too
 
 
 class Sam2Segmenter:
@@ -16,10 +17,9 @@ class Sam2Segmenter:
         from transformers import Sam2Model, Sam2Processor
 
         self.device = resolve_device(device)
-        kinds = ("sam2", "sam2_video")   # a SAM 2 video checkpoint holds the image model too
-        net = load_pretrained(Sam2Model, model, "SAM 2 segmenter", "--segmenter sam2:DIR", model_types=kinds)
+        net = load_pretrained(Sam2Model, model, "SAM 2 segmenter", "--segmenter sam2:DIR", model_types=MODEL_TYPES)
         self.processor = load_pretrained(Sam2Processor, model, "SAM 2 segmenter", "--segmenter sam2:DIR",
-                                         model_types=kinds)
+                                         model_types=MODEL_TYPES)
         self.model = net.to(self.device).eval()
         self.name = f"sam2:{model}"
         self._torch = torch
