@@ -22,7 +22,7 @@ def test_round_trip_keeps_geometry_crs_and_attributes(tmp_path, ext):
     meta, _, wkb, fields = pyogrio.raw.read(path)
     got = shapely.from_wkb(wkb[0])
     assert got.equals(shapely.MultiPolygon([POLY]))       # holes kept
-    assert CRS.from_user_input(meta["crs"]) == CRS.from_epsg(32650) or ext == ".geojson"
+    assert CRS.from_user_input(meta["crs"]) == CRS.from_epsg(32650)
     row = dict(zip(meta["fields"], [f[0] for f in fields]))
     assert list(meta["fields"]) == [n for n, _ in FIELDS]
     assert row["name"] == "Riverside Primary School" and int(row["n_boxes1"]) == 2
@@ -40,19 +40,33 @@ def test_existing_output_is_not_overwritten_without_consent(tmp_path):
     assert pyogrio.read_info(path)["features"] == 2
 
 
-def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
-    path = str(tmp_path / "out.gpkg")
+def test_shapefile_cuts_long_text_at_254_bytes_and_says_so(tmp_path, caplog):
+    """A DBF field holds 254 bytes: the cut is on a character boundary, logged; GeoPackage keeps all."""
+    long = "parks near the river " + "é" * 300
+    attrs = dict(ATTRS, query=long)
+    shp, gpkg = str(tmp_path / "out.shp"), str(tmp_path / "out.gpkg")
+    with caplog.at_level("WARNING"):
+        write_entities(shp, [POLY], [attrs], CRS.from_epsg(32650))
+    assert "query field was cut to 254 bytes" in caplog.text
+    meta, _, _, fields = pyogrio.raw.read(shp)
+    got = fields[list(meta["fields"]).index("query")][0]
+    assert long.startswith(got) and len(got.encode("utf-8")) <= 254 and len(got) > 100
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        write_entities(gpkg, [POLY], [attrs], CRS.from_epsg(32650))
+    assert "cut" not in caplog.text
+    meta, _, _, fields = pyogrio.raw.read(gpkg)
+    assert fields[list(meta["fields"]).index("query")][0] == long
+
+
+def test_overwriting_a_shapefile_replaces_every_part(tmp_path):
+    """Stale sidecars of the old Shapefile (a spatial index) go; the new parts are complete."""
+    path = str(tmp_path / "out.shp")
     write_entities(path, [POLY], [ATTRS], CRS.from_epsg(32650))
-    before = open(path, "rb").read()
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(pyogrio.raw, "write", boom)
-    with pytest.raises(OSError):
-        write_entities(path, [POLY], [ATTRS], CRS.from_epsg(32650), overwrite=True)
-    assert open(path, "rb").read() == before
-    assert os.listdir(tmp_path) == ["out.gpkg"]
+    (tmp_path / "out.qix").write_bytes(b"stale index")
+    write_entities(path, [POLY, POLY.buffer(5)], [ATTRS, ATTRS], CRS.from_epsg(32650), overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["out.cpg", "out.dbf", "out.prj", "out.shp", "out.shx"]
+    assert pyogrio.read_info(path)["features"] == 2
 
 
 def test_unknown_extension_is_refused(tmp_path):

@@ -1,19 +1,20 @@
 """Detected entities to files: GeoPackage (default), Shapefile or GeoJSON, written atomically."""
 from __future__ import annotations
 
-import glob
+import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pyogrio
 import shapely
-from pyproj import Geod, Transformer
+from pyproj import CRS as ProjCRS, Geod, Transformer
 from rasterio.crs import CRS
 
 from ..errors import InputError
+from .atomic import check_writable, commit, staging, write_failure
 from .schema import FIELDS
+
+log = logging.getLogger(__name__)
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")
@@ -34,52 +35,104 @@ def driver_for(path: str) -> str:
     return DRIVERS[ext]
 
 
+def output_files(path: str) -> list[str]:
+    """Every file writing `path` creates or replaces (a Shapefile is several)."""
+    if os.path.splitext(path)[1].lower() != ".shp":
+        return [os.path.abspath(path)]
+    stem = os.path.splitext(os.path.abspath(path))[0]
+    return [stem + e for e in SHAPEFILE_PARTS]
+
+
 def _siblings(path: str) -> list[str]:
-    if driver_for(path) != "ESRI Shapefile":
-        return [path] if os.path.exists(path) else []
-    stem = os.path.splitext(path)[0]
-    return [stem + e for e in SHAPEFILE_PARTS if os.path.exists(stem + e)]
+    return [p for p in output_files(path) if os.path.lexists(p)]
+
+
+def check_output(path: str, overwrite: bool, option: str = "--out") -> None:
+    """Everything about `path` that can be known before the work: format, consent, writability."""
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path} is a folder: give a file name, e.g. {os.path.join(path, 'result.gpkg')}")
+    driver_for(path)
+    check_writable(path, option)
+    if _siblings(path) and not overwrite:
+        raise InputError(f"{path} exists; pass --overwrite to replace it or choose another {option}")
+
+
+def _dbf_text(values: list, field: str, warned: set) -> list[str]:
+    """Shapefile text fields hold at most 254 bytes: cut at a character boundary, and say so once."""
+    out = []
+    for v in values:
+        b = v.encode("utf-8")
+        if len(b) > 254:
+            v = b[:254].decode("utf-8", errors="ignore")
+            if field not in warned:
+                warned.add(field)
+                log.warning("the %s field was cut to 254 bytes: Shapefiles cannot hold more; write .gpkg or "
+                            ".geojson to keep it whole", field)
+        out.append(v)
+    return out
+
+
+def _columns(attrs: list[dict], shapefile: bool) -> list[np.ndarray]:
+    columns, warned = [], set()
+    for n, kind in FIELDS:
+        vals = [a.get(n) for a in attrs]
+        if kind is str:
+            text = ["" if v is None else str(v) for v in vals]
+            columns.append(np.array(_dbf_text(text, n, warned) if shapefile else text, dtype=object))
+        elif kind is int:
+            columns.append(np.array([int(v or 0) for v in vals], dtype=np.int64))
+        else:
+            columns.append(np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64))
+    return columns
+
+
+def _verify(tmp_path: str, driver: str, count: int, crs: CRS) -> None:
+    """Read the new file back: all features there, the CRS kept. A full disk can leave empty or
+    truncated files that GDAL reported as written."""
+    if driver == "ESRI Shapefile":
+        stem = os.path.splitext(tmp_path)[0]
+        for ext in (".shp", ".shx", ".dbf", ".prj"):
+            if not os.path.exists(stem + ext) or os.path.getsize(stem + ext) == 0:
+                raise OSError(f"{os.path.basename(stem + ext)} is missing or empty after writing")
+    info = pyogrio.read_info(tmp_path, force_feature_count=True)
+    if info["features"] != count:
+        raise OSError(f"{info['features']} of {count} features were written")
+    if count and not info["crs"]:
+        raise OSError("the coordinate reference system was not written")
+    if count and not ProjCRS(info["crs"]).equals(ProjCRS(crs.to_wkt()), ignore_axis_order=True):
+        log.warning("%s: the file's CRS reads back as %s, not %s", os.path.basename(tmp_path), info["crs"],
+                    crs.to_string())
 
 
 def write_entities(path: str, geometries: list, attrs: list[dict], crs: CRS, overwrite: bool = False,
-                   layer: str = "entities") -> str:
-    """Write polygons and their attributes; a temp file is renamed into place, so a failure leaves
-    no half-written output and an existing file stays until the new one is complete."""
+                   layer: str = "entities", option: str = "--out") -> str:
+    """Write polygons and their attributes atomically (see `atomic`): the new file is written beside
+    the destination, read back and checked, and only then replaces anything."""
     driver = driver_for(path)
     existing = _siblings(path)
     if existing and not overwrite:
-        raise InputError(f"{path} exists; pass --overwrite to replace it or choose another name")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".socioseg-", dir=folder)
-    try:
+        raise InputError(f"{path} exists; pass --overwrite to replace it or choose another {option}")
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path} is a folder: give a file name")
+    shapefile = driver == "ESRI Shapefile"
+    with staging(path, option) as tmp:
         tmp_path = os.path.join(tmp, os.path.basename(path))
-        names = [n for n, _ in FIELDS]
-        columns = []
-        for n, kind in FIELDS:
-            vals = [a.get(n) for a in attrs]
-            if kind is str:
-                col = np.array(["" if v is None else str(v)[:254] for v in vals], dtype=object)
-            elif kind is int:
-                col = np.array([int(v or 0) for v in vals], dtype=np.int64)
-            else:
-                col = np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
-            columns.append(col)
         wkb = np.array([shapely.to_wkb(shapely.geometry.MultiPolygon([g]) if g.geom_type == "Polygon" else g)
                         for g in geometries], dtype=object)
         # GeoPackage 1.2 opens without warnings in older GDALs (QGIS 3.22 LTR ships GDAL 3.6).
         kwargs = {"layer": layer, "dataset_options": {"VERSION": "1.2"}} if driver == "GPKG" else {}
-        pyogrio.raw.write(tmp_path, wkb, columns, names, driver=driver, crs=crs.to_wkt(),
-                          geometry_type="MultiPolygon", encoding="UTF-8" if driver == "ESRI Shapefile" else None,
-                          **kwargs)
-        for old in existing:
-            os.remove(old)
-        stem_tmp = os.path.splitext(tmp_path)[0]
+        try:
+            pyogrio.raw.write(tmp_path, wkb, _columns(attrs, shapefile), [n for n, _ in FIELDS], driver=driver,
+                              crs=crs.to_wkt(), geometry_type="MultiPolygon",
+                              encoding="UTF-8" if shapefile else None, **kwargs)
+            _verify(tmp_path, driver, len(geometries), crs)
+        except Exception as exc:   # pyogrio's errors, OSError, or a failed check: all mean "not written"
+            raise write_failure(path, option, exc) from None
         stem_out = os.path.splitext(os.path.abspath(path))[0]
-        for produced in glob.glob(glob.escape(stem_tmp) + ".*"):
-            os.replace(produced, stem_out + os.path.splitext(produced)[1])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        produced = {os.path.join(tmp, f): stem_out + os.path.splitext(f)[1] for f in os.listdir(tmp)}
+        if not shapefile:
+            produced = {tmp_path: os.path.abspath(path)}
+        commit(produced, existing, path, option)
     return path
 
 
