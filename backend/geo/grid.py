@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,9 @@ from .tiles import DEFAULT_MAX_TILES, DEFAULT_OVERLAP, DEFAULT_TILE, Tile, tile_
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RESOLUTION = 1.0      # metres per pixel
+DEFAULT_RESOLUTION = None     # about 1 m per pixel, in the processing CRS's own units (see metre_in)
+MIN_GRID_PX = 16              # a grid narrower than this is a resolution mistake, not a useful request
+TABLE_EXTENSIONS = {".csv", ".tsv", ".txt", ".xls", ".xlsx", ".ods", ".dbf"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,23 @@ def parse_crs(value) -> CRS:
         raise InputError(f"unknown CRS {value!r}: give an EPSG code such as EPSG:32650 ({exc})") from None
 
 
+def metre_in(crs: CRS) -> float:
+    """One metre of ground in `crs` units (degrees for a geographic CRS, feet for a US-feet CRS)."""
+    from .vectormap import units_per_metre
+
+    return units_per_metre(crs)
+
+
+def _cannot_read(path: str, exc: Exception, what: str = "raster") -> InputError:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in TABLE_EXTENSIONS:
+        return InputError(f"{path} is a table ({ext[1:].upper()}), not a map or image: give a raster "
+                          "(GeoTIFF) or a vector map (GeoPackage, GeoJSON, Shapefile)")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return InputError(f"cannot read {what} {path} ({first}): the file is damaged, truncated or not "
+                      "an image GDAL reads; copy or export it again")
+
+
 def raster_footprint(path: str) -> tuple[CRS, tuple[float, float, float, float]]:
     try:
         with rasterio.open(path) as src:
@@ -69,7 +89,7 @@ def raster_footprint(path: str) -> tuple[CRS, tuple[float, float, float, float]]
                 raise InputError(f"{path} has a CRS but no geotransform; georeference it first.")
             return src.crs, tuple(src.bounds)
     except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"cannot read raster {path}: {exc}") from None
+        raise _cannot_read(path, exc) from None
 
 
 def default_crs(crs: CRS, bounds) -> CRS:
@@ -82,10 +102,17 @@ def default_crs(crs: CRS, bounds) -> CRS:
 
 def plan_grid(footprints: list[tuple[CRS, tuple]], crs: CRS | None = None,
               resolution: float = DEFAULT_RESOLUTION, bbox=None, bbox_crs=None) -> Grid:
-    """One north-up grid over the sources' common area (or `bbox`), at `resolution` CRS units/pixel."""
-    if resolution <= 0 or not math.isfinite(resolution):
-        raise InputError(f"resolution must be a positive number of CRS units per pixel, got {resolution}")
+    """One north-up grid over the sources' common area (or `bbox`), at `resolution` CRS units/pixel
+    (default: about 1 m in the CRS's units)."""
     crs = crs or default_crs(*footprints[0])
+    unit = crs.linear_units or "units" if crs.is_projected else "degrees"
+    if resolution is None:
+        resolution = metre_in(crs)
+    elif resolution <= 0 or not math.isfinite(resolution):
+        raise InputError(f"--resolution must be a positive number of CRS {unit} per pixel, got {resolution}")
+    if bbox is not None and not all(math.isfinite(v) for v in bbox):
+        raise InputError(f"--bbox {' '.join(str(v) for v in bbox)} is not four finite numbers: give "
+                         "MINX MINY MAXX MAXY")
     boxes = [transform_bounds(c, crs, *b, densify_pts=21) for c, b in footprints]
     minx = max(b[0] for b in boxes)
     miny = max(b[1] for b in boxes)
@@ -95,18 +122,44 @@ def plan_grid(footprints: list[tuple[CRS, tuple]], crs: CRS | None = None,
         raise InputError("the satellite and map rasters do not overlap: check that both cover the same "
                          "place and that their CRSs are set correctly")
     if bbox is not None:
-        bx = transform_bounds(bbox_crs or crs, crs, *bbox, densify_pts=21)
-        if bx[0] >= bx[2] or bx[1] >= bx[3]:
-            raise InputError(f"bbox {tuple(bbox)} is empty: give minx miny maxx maxy")
+        if bbox[0] >= bbox[2] or bbox[1] >= bbox[3]:
+            raise InputError(f"--bbox {tuple(bbox)} is empty: give MINX MINY MAXX MAXY (min before max)")
+        try:
+            bx = transform_bounds(bbox_crs or crs, crs, *bbox, densify_pts=21)
+        except Exception as exc:   # PROJ refuses coordinates outside the CRS's area
+            raise InputError(f"--bbox {tuple(bbox)} cannot be placed in {(bbox_crs or crs).to_string()} "
+                             f"({exc}); check --bbox-crs") from None
+        if not all(math.isfinite(v) for v in bx) or bx[0] >= bx[2] or bx[1] >= bx[3]:
+            raise InputError(f"--bbox {tuple(bbox)} is outside the area {(bbox_crs or crs).to_string()} "
+                             "covers; check --bbox-crs")
+        area = (minx, miny, maxx, maxy)
         minx, miny = max(minx, bx[0]), max(miny, bx[1])
         maxx, maxy = min(maxx, bx[2]), min(maxy, bx[3])
         if minx >= maxx or miny >= maxy:
-            raise InputError(f"bbox {tuple(bbox)} does not intersect the area both rasters cover")
+            hint = ""
+            if bbox_crs is None and crs.is_projected and -180 <= bbox[0] <= 180 and -180 <= bbox[2] <= 180 \
+                    and -90 <= bbox[1] <= 90 and -90 <= bbox[3] <= 90:
+                hint = (f"; it looks like longitude/latitude while the processing CRS is {crs.to_string()}: "
+                        "add --bbox-crs EPSG:4326")
+            raise InputError(f"--bbox {tuple(bbox)} does not intersect the area both inputs cover "
+                             f"({', '.join(f'{v:.6g}' for v in area)} in {crs.to_string()}){hint}")
     # Snap the origin to whole pixels of the resolution so that repeated runs share one lattice.
     minx = math.floor(minx / resolution) * resolution
     maxy = math.ceil(maxy / resolution) * resolution
     width = max(1, int(math.ceil((maxx - minx) / resolution - 1e-9)))
     height = max(1, int(math.ceil((maxy - miny) / resolution - 1e-9)))
+    if min(width, height) < MIN_GRID_PX:
+        metre = metre_in(crs)
+        size = f"{(maxx - minx) / metre:,.0f} x {(maxy - miny) / metre:,.0f} m"
+        if resolution / metre > 4:
+            raise InputError(
+                f"--resolution {resolution:g} {unit}/px ({resolution / metre:,.3g} m per pixel) leaves only "
+                f"{width} x {height} px for an area of {size}: give a finer resolution (1 m is {metre:.3g} "
+                f"{unit}; leave --resolution out for that default)")
+        if bbox is not None:
+            raise InputError(f"--bbox covers only {size} ({width} x {height} px) of the inputs: choose a larger area")
+        raise InputError(f"the satellite and map overlap on only {size} ({width} x {height} px): check that "
+                         "both cover the same place")
     return Grid(crs, Affine(resolution, 0.0, minx, 0.0, -resolution, maxy), width, height)
 
 
@@ -125,10 +178,13 @@ def read_on_grid(path: str, grid: Grid, resampling: Resampling = Resampling.bili
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Resample a raster onto `grid`: (H x W x 3 uint8 RGB, H x W bool valid-pixel mask)."""
     try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"cannot read raster {path}: {exc}") from None
-    with src:
+        return _read_on_grid(path, grid, resampling)
+    except rasterio.errors.RasterioError as exc:   # opening, or a damaged block half-way through
+        raise _cannot_read(path, exc) from None
+
+
+def _read_on_grid(path: str, grid: Grid, resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
+    with rasterio.open(path) as src:
         interp = src.colorinterp
         colormap = None
         if src.count == 1 and interp[0] == ColorInterp.palette:
