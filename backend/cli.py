@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -11,10 +12,20 @@ from .errors import Cancelled, SocioSegError
 
 log = logging.getLogger("backend")
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s: %(message)s")
+    """One stderr handler of ours on the root logger (replaced on every call, so that running main()
+    twice in one process, or under a host that has its own handlers, neither doubles nor loses lines)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "socioseg_cli", False)]:
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.socioseg_cli = True
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("httpx", "urllib3", "filelock", "PIL", "pyogrio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -29,9 +40,11 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="grabcut (no weights, default) | sam2[:HF_ID_OR_DIR] | sam:MODEL_TYPE:CHECKPOINT")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     g.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per stage")
-    g.add_argument("--sample", action="store_true",
-                   help="sample with the authors' settings (temperature 1.0, top_p 0.8, top_k 100) "
-                        "instead of greedy decoding")
+    decoding = g.add_mutually_exclusive_group()
+    decoding.add_argument("--sample", action="store_true",
+                          help="sample with the authors' settings (temperature 1.0, top_p 0.8, top_k 100) "
+                               "instead of greedy decoding")
+    decoding.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=100)
@@ -66,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bbox-crs", help="CRS of --bbox (default: the processing CRS)")
     d.add_argument("--crs", help="processing and output CRS (default: the satellite's, or its UTM zone)")
     d.add_argument("--resolution", type=float, default=geo.DEFAULT_RESOLUTION,
-                   help="ground resolution in CRS units per pixel (default 1.0)")
+                   help="ground resolution in CRS units per pixel (default: about 1 m, in the CRS's units: "
+                        "1 for metres, about 9e-06 for degrees)")
     d.add_argument("--tile-size", type=int, default=geo.DEFAULT_TILE, help="tile side in pixels (768)")
     d.add_argument("--overlap", type=int, default=geo.DEFAULT_OVERLAP, help="tile overlap in pixels (128)")
     d.add_argument("--max-tiles", type=int, default=geo.DEFAULT_MAX_TILES,
@@ -102,25 +116,60 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def cmd_detect(args) -> int:
-    from .pipeline.detect import detect, load_scene
-    from .engines import build_reasoner, build_segmenter
-    from .geo.grid import parse_crs
-    from .output.vectors import driver_for, write_detection
-    from .output.preview import write_preview
+def _preflight(args) -> dict:
+    """Every check that costs milliseconds, before rasters are read or models loaded; returns the
+    inputs (option -> path) that no output may touch."""
+    from .output.preview import check_preview
+    from .output.vectors import check_output, output_files
+    from .preflight import check_dump, check_engines, check_inputs, check_not_inputs, check_query
 
-    driver_for(args.out)  # fail on a bad extension before any work
-    if os.path.exists(args.out) and not args.overwrite:
-        raise SocioSegError(f"{args.out} exists; pass --overwrite to replace it or choose another name")
+    args.query = check_query(args.query)
+    _generation(args).kwargs()      # validates --temperature, --top-p, --top-k, --max-new-tokens
+    inputs = {"--satellite": args.satellite, "--map": args.map, "--truth": args.truth}
+    check_inputs(inputs)
+    inputs.update(check_engines(args.reasoner, args.segmenter))
+    outputs = {"--out": output_files(args.out)}
+    if args.preview:
+        outputs["--preview"] = [os.path.abspath(args.preview)]
+    check_not_inputs(outputs, inputs)
+    check_output(args.out, args.overwrite)
+    if args.preview:
+        check_preview(args.preview, args.overwrite)
+    if args.dump:
+        check_dump(args.dump, args.overwrite, inputs, outputs)
+    return inputs
+
+
+def _units(crs) -> str:
+    return "degrees" if crs.is_geographic else (crs.linear_units or "units")
+
+
+def cmd_detect(args) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .engines import build_reasoner, build_segmenter, parse_reasoner
+    from .geo.grid import parse_crs
+    from .output.atomic import write_failure
+    from .output.preview import write_preview
+    from .output.vectors import write_detection
+    from .pipeline.detect import detect, load_scene
+
+    _preflight(args)
+    crs = parse_crs(args.crs) if args.crs else None
+    bbox_crs = parse_crs(args.bbox_crs) if args.bbox_crs else None
     t0 = time.perf_counter()
-    scene = load_scene(args.satellite, args.map, crs=parse_crs(args.crs) if args.crs else None,
-                       resolution=args.resolution, bbox=args.bbox,
-                       bbox_crs=parse_crs(args.bbox_crs) if args.bbox_crs else None,
-                       tile_size=args.tile_size, overlap=args.overlap, max_tiles=args.max_tiles)
-    reasoner = build_reasoner(args.reasoner, args.device, _generation(args))
+    # The map reader is cheap to build: build it now so that its query and legend checks come first.
+    reasoner = build_reasoner(args.reasoner, args.device, _generation(args)) \
+        if parse_reasoner(args.reasoner).kind == "mapreader" else None
+    if reasoner is not None and hasattr(reasoner, "spec"):
+        reasoner.spec(args.query, args.task)
+    scene = load_scene(args.satellite, args.map, crs=crs, resolution=args.resolution, bbox=args.bbox,
+                       bbox_crs=bbox_crs, tile_size=args.tile_size, overlap=args.overlap,
+                       max_tiles=args.max_tiles)
+    reasoner = reasoner or build_reasoner(args.reasoner, args.device, _generation(args))
     segmenter = build_segmenter(args.segmenter, args.device)
     g = scene.grid
-    print(f"grid: {g.width} x {g.height} px at {g.resolution:g} {g.crs.linear_units or 'units'}/px in "
+    print(f"grid: {g.width} x {g.height} px at {g.resolution:.6g} {_units(g.crs)}/px in "
           f"{g.crs.to_string()}, {len(scene.tiles)} tile(s); reasoner {reasoner.name}, segmenter "
           f"{segmenter.name}", file=sys.stderr)
     bar = None
@@ -134,10 +183,18 @@ def cmd_detect(args) -> int:
             bar.set_postfix_str(msg)
             bar.refresh()
 
+    # Log records and Python warnings go above the bar (tqdm.write), never into its line.
+    logging.captureWarnings(True)
     try:
-        result = detect(scene, args.query, reasoner, segmenter, task=args.task, progress=progress,
-                        dump_dir=args.dump)
+        with logging_redirect_tqdm():
+            result = detect(scene, args.query, reasoner, segmenter, task=args.task, progress=progress,
+                            dump_dir=args.dump)
+    except OSError as exc:
+        if args.dump and exc.errno in _WRITE_ERRNOS:
+            raise write_failure(args.dump, "--dump", exc) from None
+        raise
     finally:
+        logging.captureWarnings(False)
         if bar is not None:
             bar.close()
     write_detection(args.out, result, overwrite=args.overwrite)
@@ -156,8 +213,11 @@ def cmd_detect(args) -> int:
         print(f"IoU against {args.truth}: {mask_iou(result.mask, truth):.3f} "
               f"(truth {int(truth.sum())} px, detected {int(result.mask.sum())} px)")
     if args.preview:
-        write_preview(args.preview, scene.satellite, scene.map_image, result.mask,
-                      truth if truth is not None and truth.any() else None)
+        try:
+            write_preview(args.preview, scene.satellite, scene.map_image, result.mask,
+                          truth if truth is not None and truth.any() else None, overwrite=args.overwrite)
+        except SocioSegError as exc:
+            raise SocioSegError(f"{exc} ({args.out} was written)") from None
         print(f"wrote {args.preview}")
     if args.dump:
         print(f"wrote per-tile dump to {args.dump}")
