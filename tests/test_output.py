@@ -72,3 +72,22 @@ def test_overwriting_a_shapefile_replaces_every_part(tmp_path):
 def test_unknown_extension_is_refused(tmp_path):
     with pytest.raises(InputError, match=".gpkg, .shp or .geojson"):
         write_entities(str(tmp_path / "out.kmz"), [POLY], [ATTRS], CRS.from_epsg(32650))
+
+
+def test_a_failed_replace_puts_every_old_part_back(tmp_path):
+    """The swap itself failing half-way (here: the last rename's folder is gone) restores the old
+    Shapefile, every part byte-identical, and leaves none of the new parts."""
+    from backend.output.atomic import commit
+
+    path = str(tmp_path / "out.shp")
+    write_entities(path, [POLY], [ATTRS], CRS.from_epsg(32650))
+    old = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
+    staged = tmp_path.parent / (tmp_path.name + "_staged")
+    staged.mkdir()
+    for part in ("shp", "dbf", "shx"):
+        (staged / f"out.{part}").write_bytes(b"new " + part.encode())
+    produced = {str(staged / "out.shp"): str(tmp_path / "out.shp"), str(staged / "out.dbf"): str(tmp_path / "out.dbf"),
+                str(staged / "out.shx"): str(tmp_path / "gone" / "out.shx")}
+    with pytest.raises(InputError, match="cannot write .*out.shp"):
+        commit(produced, [str(tmp_path / p) for p in old], path, "--out")
+    assert {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)} == old

@@ -113,7 +113,10 @@ def commit(produced: dict[str, str], replaced: list[str], path: str, option: str
     except OSError as exc:
         raise write_failure(path, option, exc) from None
     folder = os.path.dirname(os.path.abspath(path))
-    backup = tempfile.mkdtemp(prefix=".socioseg-old-", dir=folder) if replaced else None
+    try:
+        backup = tempfile.mkdtemp(prefix=".socioseg-old-", dir=folder) if replaced else None
+    except OSError as exc:
+        raise write_failure(path, option, exc) from None
     moved: list[tuple[str, str]] = []
     placed: list[str] = []
     try:
@@ -124,7 +127,7 @@ def commit(produced: dict[str, str], replaced: list[str], path: str, option: str
         for src, dst in produced.items():
             os.replace(src, dst)
             placed.append(dst)
-    except OSError as exc:
+    except BaseException as exc:   # OSError, or Ctrl-C between the renames: put the old files back
         for dst in placed:
             try:
                 os.remove(dst)
@@ -137,7 +140,9 @@ def commit(produced: dict[str, str], replaced: list[str], path: str, option: str
             backup = None   # never delete the only copy of the old files
             raise InputError(f"cannot write {path} ({exc}), and the previous files could not be put back: "
                              f"they are in {os.path.dirname(moved[0][0])}") from None
-        raise write_failure(path, option, exc) from None
+        if isinstance(exc, OSError):
+            raise write_failure(path, option, exc) from None
+        raise
     finally:
         if backup:
             shutil.rmtree(backup, ignore_errors=True)
