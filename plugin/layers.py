@@ -163,15 +163,22 @@ def result_layer(result, query: str, reasoner_spec: str, crs, store: str) -> Qgs
         write_layer(memory_layer(result, table, crs), store, "GPKG", table)
     except OSError as exc:
         raise InputError(f"{exc}. Choose another results folder in Settings") from None
-    layer = QgsVectorLayer(f"{store}|layername={table}", layer_name(query, reasoner_spec), "ogr")
-    if not layer.isValid():
+    source = f"{store}|layername={table}"
+    colour = next_colour()
+    # The style goes into the GeoPackage through a layer of its own, before the project's layer opens:
+    # a layer already open while the style table is created fails its next query ("unable to open
+    # database file" from GDAL's shared connection).
+    styled = QgsVectorLayer(source, table, "ogr")
+    if not styled.isValid():
         raise InputError(f"the result was written to {store} but cannot be read back; choose another "
                          "results folder in Settings")
-    colour = next_colour()
+    style_layer(styled, colour)
+    styled.saveStyleToDatabase(table[:30], "SocioSeg result style", True, "")   # GPKG: 30 characters
+    del styled
+    layer = QgsVectorLayer(source, layer_name(query, reasoner_spec), "ogr")
     style_layer(layer, colour)
     layer.setCustomProperty(QUERY_PROPERTY, query.strip().lower())
     layer.setCustomProperty("socioseg/colour", colour)
-    layer.saveStyleToDatabase(table[:30], "SocioSeg result style", True, "")   # GPKG: 30 characters
     return layer
 
 

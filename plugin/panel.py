@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsMapLayer, QgsMapLayerProxyModel,
-                       QgsProject, QgsRectangle, QgsWkbTypes)
+                       QgsMessageLog, QgsProject, QgsRectangle, QgsWkbTypes)
 from qgis.gui import QgsCheckableComboBox, QgsMapLayerComboBox, QgsMessageBarItem
 from qgis.PyQt.QtCore import Qt, QUrl
 from qgis.PyQt.QtGui import QColor, QDesktopServices, QStandardItemModel
@@ -23,7 +23,7 @@ FUNCTION_PRESETS = ["educational", "medical", "park & greenspace", "sport & cult
                     "administrative", "business office", "transportation stations", "industrial", "residential"]
 TASKS = [("auto", None), ("class", "class"), ("function", "function"), ("name", "name")]
 AREAS = ["Current map canvas extent", "Extent of a layer", "Rectangle drawn on the canvas"]
-HELP_URL = "https://github.com/socioseg/socioseg-qgis#the-qgis-plugin"
+HELP_ANCHOR = "#the-qgis-plugin"      # the README section on the plugin
 SCOPE = "SocioSeg"          # the project file's entries holding the panel's last choices
 
 
@@ -41,6 +41,18 @@ def vlm_unavailable_reason(settings: PluginSettings) -> str | None:
     if missing:
         return deps.explain_missing(missing, "The vision-language engine", python)
     return None
+
+
+def help_url() -> str:
+    """The README's plugin section on the homepage named in metadata.txt, else the README shipped here."""
+    import configparser
+
+    meta = configparser.ConfigParser(interpolation=None)
+    meta.read(os.path.join(deps.PLUGIN_DIR, "metadata.txt"), encoding="utf-8")
+    home = meta.get("general", "homepage", fallback="")
+    if home:
+        return home.rstrip("/") + HELP_ANCHOR
+    return QUrl.fromLocalFile(os.path.join(deps.PLUGIN_DIR, "README.md")).toString()
 
 
 def raster_answerable(presets: list[str]) -> list[str]:
@@ -423,6 +435,8 @@ class FindPanel(QDockWidget):
             self._message(task.error, Qgis.Warning, 0)
             return
         p, result = task.params, task.result
+        for warning in task.warnings:
+            QgsMessageLog.logMessage(f"{p.query}: {warning}", TAG, Qgis.Warning)
         if not result.entities and task.warnings:
             # Nothing found, and the backend said why: no empty layer, the reason instead.
             text = f"Nothing found for '{p.query}': " + "; ".join(task.warnings) + "."
@@ -504,7 +518,7 @@ class FindPanel(QDockWidget):
         canvas.refresh()
 
     def show_help(self) -> None:
-        QDesktopServices.openUrl(QUrl(HELP_URL))
+        QDesktopServices.openUrl(QUrl(help_url()))
 
     def disconnect_project(self) -> None:
         project = QgsProject.instance()
