@@ -157,7 +157,9 @@ def torch_plan(platform: str | None = None, machine: str | None = None, gpu: str
 
 
 def _pip(python: str, *args: str) -> list[str]:
-    return [python, "-m", "pip", "install", "--progress-bar", "off", "--no-input", *args]
+    # few retries and a short socket timeout: without a network pip would otherwise retry for minutes
+    return [python, "-m", "pip", "install", "--progress-bar", "off", "--no-input", "--retries", "2",
+            "--timeout", "30", *args]
 
 
 def setup_steps(base: str, venv: str, requirements: str = LIGHT_REQUIREMENTS) -> list[Step]:
@@ -179,7 +181,7 @@ def model_steps(venv: str, plan: TorchPlan, requirements: str = MODEL_REQUIREMEN
 def pip_progress(line: str, seen: int, expected: int) -> tuple[int, float | None]:
     """(packages seen so far, fraction of the step or None) from one line of pip's output."""
     text = line.strip()
-    if text.startswith("Collecting ") or text.startswith("Requirement already satisfied"):
+    if line.startswith(("Collecting ", "Processing ", "Requirement already satisfied")):  # one per package
         seen += 1
         return seen, min(0.8, 0.8 * seen / max(expected, 1))
     if text.startswith("Installing collected packages"):
@@ -187,6 +189,19 @@ def pip_progress(line: str, seen: int, expected: int) -> tuple[int, float | None
     if text.startswith("Successfully installed"):
         return seen, 1.0
     return seen, None
+
+
+OFFLINE_SIGNS = ("Failed to establish a new connection", "Name or service not known",
+                 "Temporary failure in name resolution", "Network is unreachable", "No route to host")
+
+
+def failure_reason(lines: list[str]) -> str | None:
+    """The last error line of a failed command (pip's "ERROR: ..." or the backend's "ERROR ..."), said
+    plainly when pip could not reach its package index."""
+    reason = next((line[6:].strip() for line in reversed(lines) if line.startswith(("ERROR:", "ERROR "))), None)
+    if reason and any(sign in line for line in lines for sign in OFFLINE_SIGNS):
+        return f"the package index cannot be reached (offline, or a proxy is needed): {reason}"
+    return reason
 
 
 def probe_code(modules: dict[str, str]) -> str:

@@ -70,8 +70,11 @@ class CommandsTask(QgsTask):
                 self._say("cancelled")
                 return False
             if rc != 0:
-                last = next((t for t in reversed(self.tail) if t.startswith("ERROR ")), None)
-                self.error = last[6:] if last else f"{step.label} failed (exit code {rc}); the log says why"
+                reason = env.failure_reason(self.tail)
+                self.error = (f"{step.label} failed: {reason}" if reason else
+                              f"{step.label} failed (exit code {rc}); the log above says why")
+                if self.log_file:
+                    self.error += f" (log: {self.log_file})"
                 return False
             start += step.weight
         if self.check is not None:

@@ -51,11 +51,14 @@ def test_torch_build_follows_the_machine():
 
 def test_pip_lines_drive_progress():
     seen, fracs = 0, []
-    for line in ["Collecting numpy>=1.26", "  Downloading numpy-1.26.4.whl (18 MB)", "Collecting rasterio",
+    for line in ["Collecting numpy>=1.26", "  Downloading numpy-1.26.4.whl (18 MB)",
+                 "Processing /opt/wheels/rasterio-1.4.4-cp311-cp311-manylinux_2_28_x86_64.whl",
                  "Installing collected packages: numpy, rasterio", "Successfully installed numpy rasterio"]:
         seen, f = env.pip_progress(line, seen, 4)
         fracs.append(f)
     assert fracs == [0.2, None, 0.4, 0.85, 1.0] and seen == 2
+    assert env.failure_reason(["x", "ERROR: No matching distribution found for rasterio", "y"]) == \
+        "No matching distribution found for rasterio"
 
 
 def test_messages_name_the_button():
@@ -126,7 +129,7 @@ def test_commands_task_runs_real_commands_with_progress_log_and_errors(plugin_pk
     assert "Successfully installed a b" in (tmp_path / "setup.log").read_text()
     bad = penv.Step("fails", [py, "-c", "print('ERROR offline: cannot reach the hub'); raise SystemExit(2)"])
     task = CommandsTask("demo", [bad])
-    assert not task.run() and task.error == "offline: cannot reach the hub"
+    assert not task.run() and task.error == "fails failed: offline: cannot reach the hub"
     slow = penv.Step("slow", [py, "-c", "import time; print('start', flush=True); time.sleep(60)"])
     task = CommandsTask("demo", [slow])
     task.line.connect(lambda text: task.cancel())
@@ -183,3 +186,22 @@ def test_diagnostics_of_a_bare_python_name_the_button_not_a_traceback(plugin_pkg
     text = diagnostics_text(bare)
     assert f"backend Python {bare}" in text and "Set up Python environment" in text
     assert "Traceback" not in text and "ModuleNotFoundError" not in text
+
+
+def test_set_up_without_a_package_index_says_why(plugin_pkg, qgis_app, tmp_path, monkeypatch):
+    """The real set-up task (venv from Debian's Python, then pip) with no reachable index: it fails within
+    seconds with pip's own reason in one line, and the environment is not called ready."""
+    from socioseg.plugin.setup_dialog import environment_task
+
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)          # no local wheel folders or mirrors
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    data = str(tmp_path / "socioseg")
+    task = environment_task(data, base="/usr/bin/python3")
+    assert not task.run()
+    assert task.error.startswith("Installing the backend's packages failed: the package index cannot be "
+                                 "reached"), task.error
+    assert "numpy" in task.error
+    assert "\n" not in task.error and os.path.exists(os.path.join(data, "setup.log"))
+    assert env.status(env.venv_dir(data)).state == "broken"
