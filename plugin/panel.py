@@ -55,6 +55,26 @@ def help_url() -> str:
     return QUrl.fromLocalFile(os.path.join(deps.PLUGIN_DIR, "README.md")).toString()
 
 
+def why_nothing(query: str, task: str | None, warnings: list[str]) -> str:
+    """Why a vector map gave no place for `query`, naming what the map lacks and the controls to change."""
+    from ..backend.errors import InputError
+    from ..backend.pipeline.query import resolve_query
+
+    try:
+        spec = resolve_query(query, task)
+    except InputError:
+        spec = None
+    if spec is not None and spec.kind == "name":
+        lacks = f"no feature of the checked Map layers has a name like '{query}'"
+    elif spec is not None and spec.tags:
+        tags = ", ".join(f"{k}={v}" for k, values in sorted(spec.tags.items()) for v in sorted(values))
+        lacks = f"no feature of the checked Map layers in this Area is tagged {tags}"
+    else:
+        lacks = "; ".join(warnings)
+    return (f"Nothing found for '{query}': {lacks}. Check the layer that holds them under Map layers, "
+            "widen the Area, or choose the SocioReasoner Engine, which reads the images.")
+
+
 def raster_answerable(presets: list[str]) -> list[str]:
     """The presets whose classes the default raster legend (OSM Carto colours) has a colour for: the
     only ones the map reader can answer on a raster map."""
@@ -439,7 +459,7 @@ class FindPanel(QDockWidget):
             QgsMessageLog.logMessage(f"{p.query}: {warning}", TAG, Qgis.Warning)
         if not result.entities and task.warnings:
             # Nothing found, and the backend said why: no empty layer, the reason instead.
-            text = f"Nothing found for '{p.query}': " + "; ".join(task.warnings) + "."
+            text = why_nothing(p.query, p.task, task.warnings)
             self._reset(text)
             self._message(text, Qgis.Warning, 0)
             return
