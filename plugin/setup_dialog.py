@@ -187,17 +187,29 @@ def offer_setup(parent, problem: str, on_ready=None) -> bool:
 _windows: list = []     # keep the windows of running tasks alive
 
 
-def run_environment_setup(parent, on_ready=None, run_now: bool = False) -> CommandsTask:
+def run_environment_setup(parent, on_ready=None, run_now: bool = False) -> CommandsTask | None:
+    import sys
+
+    from .settings import PluginSettings
+
     data = env.data_dir()
+    base = env.base_python()
+    if base is None:
+        QMessageBox.warning(parent, "SocioSeg", f"No Python interpreter was found next to QGIS (under "
+                                                f"{sys.base_prefix}): set Settings > Python for the backend.")
+        return None
     window = None
 
     def done(task):
-        if window is not None:
-            window.done_with(task, "The environment is ready: press Run.")
-        if not task.error and not task.cancelled and on_ready is not None:
+        configured = PluginSettings.load().python
+        ready = not task.error and not task.cancelled
+        # an interpreter named in Settings still wins over the new environment: say so, do not run
+        window.done_with(task, f"The environment is ready, but Settings > Python for the backend names "
+                               f"{configured}: clear that field to use it." if configured else
+                               "The environment is ready: press Run.")
+        if ready and not configured and on_ready is not None:
             on_ready()
 
-    base = env.base_python()
     task = environment_task(data, done, base)
     window = TaskWindow(task, parent, f"Making the plugin's Python environment in {env.venv_dir(data)} from "
                                       f"{base} and installing the backend's packages…")
