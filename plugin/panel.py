@@ -9,7 +9,7 @@ from qgis.gui import QgsCheckableComboBox, QgsMapLayerComboBox, QgsMessageBarIte
 from qgis.PyQt.QtCore import Qt, QUrl
 from qgis.PyQt.QtGui import QColor, QDesktopServices, QStandardItemModel
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog,
-                                 QFormLayout, QHBoxLayout, QLabel, QMessageBox, QProgressBar,
+                                 QFormLayout, QHBoxLayout, QLabel, QProgressBar,
                                  QPushButton, QVBoxLayout, QWidget)
 
 from . import deps
