@@ -130,7 +130,7 @@ class SceneRequest:
         if not isinstance(generation, dict) and "generation" not in v.missing:
             v.problems.append("'generation' must be an object of generation settings")
         files = {k: v.filename(k, v.get(k)) for k in ("satellite", "map_image")}
-        features = d.get("map_features") if isinstance(d, dict) else None
+        features = d.get("map_features")          # optional: absent or null for a raster map
         if features is not None:
             features = v.filename("map_features", features)
         coverage = v.get("map_masks_coverage")

@@ -58,6 +58,19 @@ def test_a_good_scene_runs_and_reports_tiles_and_the_inferred_task(scene_folder)
     assert len(result.entities) == 2 and {e.attrs["task"] for e in result.entities} == {"class"}
 
 
+def test_a_vector_scene_reads_every_layer_of_its_features(scene_folder, tmp_path, sample_dir):
+    folder = tmp_path / "scene"
+    shutil.copytree(scene_folder, folder)
+    shutil.copy(os.path.join(sample_dir, "map.gpkg"), folder / contract.FEATURES_FILE)
+    req = contract.SceneRequest.read(str(folder))
+    req.query, req.map_features, req.map_masks_coverage = "schools", contract.FEATURES_FILE, False
+    req.write(str(folder))
+    rc, messages, err = run_scene(folder)
+    assert rc == 0, err
+    result = contract.SceneResult.read(str(folder))
+    assert len(result.entities) == 3          # one school is mapped only as a point, in another layer
+
+
 def _edit(d, path, value):
     """A copy of request dict `d` with the dotted `path` set to `value` (or deleted for DELETE)."""
     d = json.loads(json.dumps(d))
@@ -92,6 +105,10 @@ BAD = [
     ("path outside the folder", lambda f, d: _dump(f, _edit(d, "satellite", "../x.tif")), "inside the scene folder"),
     ("missing satellite file", lambda f, d: os.remove(f / contract.SATELLITE_FILE), "lacks satellite.tif"),
     ("truncated map image", lambda f, d: _truncate(f / contract.MAP_FILE), "cannot read the map image"),
+    ("truncated features", lambda f, d: (_dump(f, _edit(d, "map_features", "features.gpkg")),
+                                         shutil.copy(os.path.join(ROOT, "resources", "sample", "map.gpkg"),
+                                                     f / "features.gpkg"), _truncate(f / "features.gpkg")),
+     "vector map"),
     ("features that are no GeoPackage", lambda f, d: (_dump(f, _edit(d, "map_features", "features.gpkg")),
                                                       (f / "features.gpkg").write_text("not a gpkg")),
      "cannot read vector map"),
