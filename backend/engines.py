@@ -1,6 +1,6 @@
 """Engine spec strings, the same everywhere (CLI, plugin settings, training).
 
-    --reasoner  mapreader | qwen[:HF_ID_OR_DIR]
+    --reasoner  mapreader | qwen[:HF_ID_OR_DIR] | openai:SERVER_URL
     --segmenter grabcut | sam2[:HF_ID_OR_DIR] | sam:MODEL_TYPE:CHECKPOINT
 """
 from __future__ import annotations
@@ -30,7 +30,12 @@ def parse_reasoner(spec: str) -> EngineSpec:
     if kind == "qwen":
         from .reasoners.qwen import DEFAULT_VLM
         return EngineSpec("qwen", (rest or DEFAULT_VLM,))
-    raise InputError(f"unknown reasoner {spec!r}: use 'mapreader' (no weights) or 'qwen[:HF_ID_OR_DIR]'")
+    if kind == "openai":
+        if not rest:
+            raise InputError("a model server needs its URL: --reasoner openai:http://gpu-box:8000/v1")
+        return EngineSpec("openai", (rest,))
+    raise InputError(f"unknown reasoner {spec!r}: use 'mapreader' (no weights), 'qwen[:HF_ID_OR_DIR]' "
+                     "or 'openai:SERVER_URL' (a model server)")
 
 
 def parse_segmenter(spec: str) -> EngineSpec:
@@ -50,11 +55,15 @@ def parse_segmenter(spec: str) -> EngineSpec:
                      "or 'sam:MODEL_TYPE:CHECKPOINT'")
 
 
-def build_reasoner(spec: str, device: str = "auto", generation=None):
+def build_reasoner(spec: str, device: str = "auto", generation=None, server=None):
+    """`server`: a dict of ServerSettings fields besides the URL (model, concurrency, timeout, ...)."""
     s = parse_reasoner(spec)
     if s.kind == "mapreader":
         from .reasoners.mapreader import MapReader
         return MapReader(legend=s.args[0] if s.args else None)
+    if s.kind == "openai":
+        from .reasoners.openai_server import OpenAIReasoner, ServerSettings
+        return OpenAIReasoner(ServerSettings(s.args[0], **(server or {})), generation)
     from .reasoners.qwen import QwenReasoner
     return QwenReasoner(s.args[0], device=device, generation=generation)
 

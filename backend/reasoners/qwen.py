@@ -33,6 +33,7 @@ class GenerationSettings:
     top_k: int = 100
     repetition_penalty: float = 1.0
     seed: int | None = None
+    min_new_tokens: int = 0           # > 0 only in benchmarks: answers of a fixed length time fairly
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -52,11 +53,12 @@ class GenerationSettings:
         """transformers `generate` keyword arguments; every value explicit so that none is taken
         from the checkpoint's generation_config.json."""
         self.validate()
+        fixed = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
         if not self.do_sample:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False, "temperature": None,
-                    "top_p": None, "top_k": None, "repetition_penalty": self.repetition_penalty}
+                    "top_p": None, "top_k": None, "repetition_penalty": self.repetition_penalty, **fixed}
         return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
-                "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty}
+                "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, **fixed}
 
     def record(self) -> dict:
         """What was used, for the dump's tile.json."""
