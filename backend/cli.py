@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tile-size", type=int, default=geo.DEFAULT_TILE, help="tile side in pixels (768)")
     d.add_argument("--overlap", type=int, default=geo.DEFAULT_OVERLAP, help="tile overlap in pixels (128)")
     d.add_argument("--max-tiles", type=int, default=geo.DEFAULT_MAX_TILES,
-                   help="refuse areas needing more tiles than this (256)")
+                   help=f"refuse areas needing more tiles than this ({geo.DEFAULT_MAX_TILES:,}): a limit for "
+                        "scripts; memory does not grow with the area")
+    d.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: tiles finished in OUT.tiles/ are not computed again")
     d.add_argument("--preview", help="write a PNG: satellite and map side by side with the outlines")
     d.add_argument("--dump", help="folder for every tile's model inputs, prompts, answers and masks")
     d.add_argument("--truth", help="ground-truth vector file (fields name/class); prints the IoU")
@@ -152,7 +155,10 @@ def cmd_detect(args) -> int:
     from .output.atomic import write_failure
     from .output.preview import write_preview
     from .output.vectors import write_detection
+    from .contract import Throughput, format_duration
+    from .geo.tiles import estimate_seconds
     from .pipeline.detect import detect, load_scene
+    from .pipeline.resume import remove_tiles, tiles_dir_for
 
     _preflight(args)
     crs = parse_crs(args.crs) if args.crs else None
@@ -172,23 +178,30 @@ def cmd_detect(args) -> int:
     print(f"grid: {g.width} x {g.height} px at {g.resolution:.6g} {_units(g.crs)}/px in "
           f"{g.crs.to_string()}, {len(scene.tiles)} tile(s); reasoner {reasoner.name}, segmenter "
           f"{segmenter.name}", file=sys.stderr)
+    total = len(scene.tiles)
+    estimate = estimate_seconds(total, parse_reasoner(args.reasoner).kind)
+    if estimate is not None and total > 1:
+        print(f"estimated time: {format_duration(estimate)} for {total} tiles on a 2-core CPU", file=sys.stderr)
     bar = None
-    if len(scene.tiles) > 1:
+    if total > 1:
         from tqdm import tqdm
-        bar = tqdm(total=len(scene.tiles), unit="tile", file=sys.stderr, leave=False)
+        bar = tqdm(total=total, unit="tile", file=sys.stderr, leave=False,
+                   bar_format="{percentage:3.0f}%|{bar:20}| {desc}")
+    clock = Throughput()
 
     def progress(frac, msg):
         if bar is not None:
-            bar.n = int(round(frac * len(scene.tiles)))
-            bar.set_postfix_str(msg)
-            bar.refresh()
+            done = min(total, int(frac * total + 1e-9))
+            bar.n = done
+            bar.set_description_str(f"{clock.update(done, total, time.perf_counter())} · {msg}")
 
     # Log records and Python warnings go above the bar (tqdm.write), never into its line.
     logging.captureWarnings(True)
     try:
         with logging_redirect_tqdm():
             result = detect(scene, args.query, reasoner, segmenter, task=args.task, progress=progress,
-                            dump_dir=args.dump)
+                            dump_dir=args.dump, keep_mask=bool(args.truth or args.preview),
+                            tiles_dir=tiles_dir_for(args.out), resume=args.resume)
     except OSError as exc:
         if args.dump and exc.errno in _WRITE_ERRNOS:
             raise write_failure(args.dump, "--dump", exc) from None
@@ -198,6 +211,7 @@ def cmd_detect(args) -> int:
         if bar is not None:
             bar.close()
     write_detection(args.out, result, overwrite=args.overwrite)
+    remove_tiles(tiles_dir_for(args.out))     # only once the output is safely in place
     truth = None
     print(f"found {len(result.entities)} entit{'y' if len(result.entities) == 1 else 'ies'} for "
           f"{args.query!r} in {time.perf_counter() - t0:.1f} s")
@@ -214,7 +228,8 @@ def cmd_detect(args) -> int:
               f"(truth {int(truth.sum())} px, detected {int(result.mask.sum())} px)")
     if args.preview:
         try:
-            write_preview(args.preview, scene.satellite, scene.map_image, result.mask,
+            sat_rgb, map_rgb, _ = scene.whole()
+            write_preview(args.preview, sat_rgb, map_rgb, result.mask,
                           truth if truth is not None and truth.any() else None, overwrite=args.overwrite)
         except SocioSegError as exc:
             raise SocioSegError(f"{exc} ({args.out} was written)") from None

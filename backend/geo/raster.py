@@ -72,15 +72,16 @@ def rasterize(geoms, shape: tuple[int, int], transform: Affine) -> np.ndarray:
     return np.cumsum(diff, axis=1)[:, :w] > 0
 
 
-def polygons(labels: np.ndarray, transform: Affine):
+def polygons(labels: np.ndarray, transform: Affine, origin: tuple[int, int] = (0, 0)):
     """(polygon, label) for every label > 0 of a 4-connected label image, edges on pixel borders and
-    holes kept, in map coordinates."""
+    holes kept, in map coordinates. `origin` (row, col): where `labels` lies in `transform`'s pixels
+    (a window's polygons are then exactly the whole image's)."""
     params = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
         sub = labels[sl] == k
-        r0, c0 = sl[0].start, sl[1].start
+        r0, c0 = sl[0].start + origin[0], sl[1].start + origin[1]
         edges = np.diff(np.pad(sub, ((0, 0), (1, 1))).astype(np.int8), axis=1)
         rs, cs = np.nonzero(edges == 1)     # run starts, row-major
         _, ce = np.nonzero(edges == -1)     # run ends (exclusive), paired in the same order

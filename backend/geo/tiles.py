@@ -8,7 +8,12 @@ from ..errors import InputError
 
 DEFAULT_TILE = 768
 DEFAULT_OVERLAP = 128
-DEFAULT_MAX_TILES = 256
+# A limit for scripts, not a memory guard: tiles are read and merged window by window, so memory does
+# not grow with the area. Time does: see estimate_seconds.
+DEFAULT_MAX_TILES = 20_000
+# Seconds per 768 px tile, measured with benchmarks/memory.py (the sample at 0.25 m/px) on this
+# project's 2-core CPU machine; engines not measured here have no entry.
+SECONDS_PER_TILE = {"mapreader": 0.66}
 
 
 @dataclass(frozen=True)
@@ -52,3 +57,10 @@ def tile_layout(width: int, height: int, size: int = DEFAULT_TILE, overlap: int 
             "resolution, or raise the limit (--max-tiles).")
     tw, th = min(size, width), min(size, height)
     return [Tile(r, c, x, y, tw, th) for r, y in enumerate(ys) for c, x in enumerate(xs)]
+
+
+def estimate_seconds(n_tiles: int, reasoner_kind: str = "mapreader") -> float | None:
+    """About how long `n_tiles` default-size tiles take with a reasoner kind ("mapreader", "qwen",
+    "openai"), or None where this machine has no measurement (the progress line's rate tells then)."""
+    per_tile = SECONDS_PER_TILE.get(reasoner_kind)
+    return None if per_tile is None else n_tiles * per_tile

@@ -46,10 +46,10 @@ def fitting_examples(scene) -> list[tuple]:
     from ..segmenters.grabcut import GrabCutSegmenter
 
     tile = scene.tiles[0]
-    rows, cols = tile.slices
+    sat, map_rgb, _ = scene.read(tile)
     reader = MapReader()
     reader.prepare(QUERY, None, scene.map_features)
-    view = make_view(scene.map_image[rows, cols], scene.satellite[rows, cols], QUERY, reader,
+    view = make_view(map_rgb, sat, QUERY, reader,
                      transform=scene.grid.window_transform(tile.x0, tile.y0), crs=scene.grid.crs,
                      tile_id=tile.id, map_features=scene.map_features)
     r = run_tile(view, reader, GrabCutSegmenter())

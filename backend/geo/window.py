@@ -1,0 +1,143 @@
+"""Windows of the processing grid read from the inputs on demand, so that no layer is held whole.
+
+A raster is warped onto the grid through one WarpedVRT kept open for the run; each tile reads its window
+of it. Resampling is per destination pixel, so a window equals the same pixels of a whole-grid read
+(tests/test_streaming.py checks this). A vector map is rendered per window with the features near it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from ..errors import InputError
+from .grid import Grid, _cannot_read
+from .maprender import render_map
+
+STRETCH_SAMPLE_PX = 1_000_000   # non-8-bit rasters: contrast stretch from at most this many grid pixels
+LABEL_MARGIN_PX = 256           # map labels are drawn around a feature's centre and may reach this far
+EDGE_PAD_PX = 16
+
+
+def sub_grid(grid: Grid, x0: int, y0: int, width: int, height: int) -> Grid:
+    return Grid(grid.crs, grid.window_transform(x0, y0), width, height)
+
+
+class GridRaster:
+    """A raster file resampled onto `grid`, read window by window: (h x w x 3 uint8 RGB, h x w valid).
+
+    `use_mask=False` treats every pixel as valid (a map whose transparency is not coverage)."""
+
+    def __init__(self, path: str, grid: Grid, resampling: Resampling = Resampling.bilinear,
+                 use_mask: bool = True):
+        self.path, self.grid, self.use_mask = path, grid, use_mask
+        try:
+            self._open(resampling)
+        except rasterio.errors.RasterioError as exc:
+            raise _cannot_read(path, exc) from None
+
+    def _open(self, resampling: Resampling) -> None:
+        self.src = rasterio.open(self.path)
+        interp = self.src.colorinterp
+        self.lut = None
+        if self.src.count == 1 and interp[0] == ColorInterp.palette:
+            self.lut = np.zeros((256, 3), np.uint8)
+            for k, rgba in self.src.colormap(1).items():
+                if 0 <= k < 256:
+                    self.lut[k] = rgba[:3]
+            resampling = Resampling.nearest      # palette indices must not be averaged
+        alpha = [i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha]
+        self.bands = [i for i in range(1, self.src.count + 1) if i not in alpha][:3]
+        g = self.grid
+        self.vrt = WarpedVRT(self.src, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
+                             resampling=resampling, add_alpha=not alpha and self.src.nodata is None)
+        self.stretch = None if self.lut is not None or self.src.dtypes[0] == "uint8" else self._stretch()
+
+    def _stretch(self) -> tuple[float, float]:
+        """The 2-98 % range of the valid pixels over the whole grid, for rasters that are not 8-bit.
+        Small grids are read whole (as before); larger ones at a decimated size, so that memory stays
+        bounded. Every window is then scaled with the same range, so seams do not show."""
+        g = self.grid
+        f = max(1.0, (g.width * g.height / STRETCH_SAMPLE_PX) ** 0.5)
+        shape = (max(1, int(g.height / f)), max(1, int(g.width / f)))
+        data = self.vrt.read(self.bands, out_shape=(len(self.bands), *shape))
+        valid = self.vrt.dataset_mask(out_shape=shape) > 0
+        values = data[:, valid].astype(np.float64)
+        if values.size == 0:
+            return 0.0, 255.0
+        return float(np.percentile(values, 2)), float(np.percentile(values, 98))
+
+    def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            window = Window(x0, y0, width, height)
+            data = self.vrt.read(self.bands, window=window)
+            valid = self.vrt.dataset_mask(window=window) > 0 if self.use_mask \
+                else np.ones((height, width), bool)
+        except rasterio.errors.RasterioError as exc:   # a damaged block half-way through the run
+            raise _cannot_read(self.path, exc) from None
+        if self.lut is not None:
+            rgb = self.lut[data[0]]
+        else:
+            if self.stretch is not None:
+                lo, hi = self.stretch
+                scale = 255.0 / (hi - lo) if hi > lo else 1.0
+                data = np.clip((data.astype(np.float64) - lo) * scale, 0, 255).astype(np.uint8)
+            if data.shape[0] == 1:
+                data = np.repeat(data, 3, axis=0)
+            elif data.shape[0] == 2:
+                data = np.concatenate([data, data[:1]], axis=0)
+            rgb = np.ascontiguousarray(np.moveaxis(data, 0, -1))
+        rgb[~valid] = 0
+        return rgb, valid
+
+    def any_valid(self, rows_per_read: int = 512) -> bool:
+        """Whether any grid pixel is valid: a decimated look first, then band by band to be sure."""
+        g = self.grid
+        if not self.use_mask:
+            return True
+        f = max(1.0, (g.width * g.height / STRETCH_SAMPLE_PX) ** 0.5)
+        if (self.vrt.dataset_mask(out_shape=(max(1, int(g.height / f)), max(1, int(g.width / f)))) > 0).any():
+            return True
+        for y0 in range(0, g.height, rows_per_read):
+            h = min(rows_per_read, g.height - y0)
+            if (self.vrt.dataset_mask(window=Window(0, y0, g.width, h)) > 0).any():
+                return True
+        return False
+
+    def close(self) -> None:
+        self.vrt.close()
+        self.src.close()
+
+
+class MapWindows:
+    """A vector map (features in the grid's CRS) rendered window by window, with only the features
+    that reach the window (their labels included)."""
+
+    def __init__(self, features, grid: Grid):
+        self.features, self.grid = list(features), grid
+        self.tree = shapely.STRtree([f.geometry for f in self.features])
+
+    def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        # Rendered from up to a margin above and left of the window (label positions are truncated to
+        # whole pixels, and only non-negative ones truncate as in a whole-grid render) to a few pixels
+        # past it (OpenCV anti-aliases text differently at an image's edge).
+        px, py = min(x0, LABEL_MARGIN_PX), min(y0, LABEL_MARGIN_PX)
+        qx = min(self.grid.width - x0 - width, EDGE_PAD_PX)
+        qy = min(self.grid.height - y0 - height, EDGE_PAD_PX)
+        sub = sub_grid(self.grid, x0 - px, y0 - py, width + px + qx, height + py + qy)
+        margin = LABEL_MARGIN_PX * self.grid.resolution
+        b = sub.bounds
+        near = self.tree.query(shapely.box(b[0] - margin, b[1] - margin, b[2] + margin, b[3] + margin))
+        feats = [self.features[i] for i in sorted(near)]     # the map's own order: later paints on top
+        return render_map(feats, sub)[py:py + height, px:px + width], np.ones((height, width), bool)
+
+    def close(self) -> None:
+        pass
+
+
+def require_valid(raster: GridRaster, what: str) -> None:
+    if not raster.any_valid():
+        raise InputError(f"the {what} image has no valid pixels in the requested area")

@@ -1,0 +1,184 @@
+"""Tile masks merged across seams in a band that moves down the grid, places vectorised as they close.
+
+Tiles arrive a tile row at a time. Once a tile row is in, every grid row above the next tile row's top
+is final. A connected region (4-connectivity, as before) whose pixels are all final and that does not
+touch the last final row can grow no more: it is vectorised then, and its rows leave the band. The band
+holds the rows from the top of the oldest still-open region to the bottom of the last tile row: a tile
+height in the usual case, never the whole area unless one place spans it. The polygons, their order
+and their attributes are those of merging the whole-area mask at once (tests/test_streaming.py).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+from scipy import ndimage
+
+from ..geo import grid as geo
+from ..geo.raster import polygons
+from ..geo.vectormap import units_per_metre
+from ..output.vectors import geodesic_area_m2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TileRecord:
+    """What the merge needs of a finished tile (kept on disk for --resume): its mask on the tile's
+    pixels (valid pixels only), the named objects' masks, and the numbers for the attributes."""
+    tile: geo.Tile
+    mask: np.ndarray                                    # tile-size bool
+    names: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    n_boxes1: int = 0
+    n_boxes2: int = 0
+    refined: bool = True
+
+    @classmethod
+    def from_result(cls, tile: geo.Tile, result, valid: np.ndarray) -> "TileRecord":
+        m = result.mask_on_tile() & valid
+        names = [(result.mask_on_tile(obj) & m, name) for obj, name in result.objects if name]
+        return cls(tile, m, [(nm, name) for nm, name in names if nm.any()], list(result.scores),
+                   list(result.notes), len(result.stage1.items), len(result.stage2.items), bool(result.refined))
+
+    @classmethod
+    def empty(cls, tile: geo.Tile) -> "TileRecord":
+        """A tile with no valid pixels: nothing found, nothing contributed."""
+        return cls(tile, np.zeros((tile.height, tile.width), bool))
+
+
+@dataclass
+class Entity:
+    geometry: object
+    attrs: dict
+
+
+def entity_attrs(poly, parts: list[TileRecord], names, grid: geo.Grid, query: str, task: str | None,
+                 reasoner_name: str, segmenter_name: str, created: str) -> dict:
+    scores = [s for r in parts for s in r.scores]
+    return {
+        "query": query, "task": task or "", "name": "; ".join(sorted(names)),
+        "tiles": ",".join(r.tile.id for r in parts),
+        "n_boxes1": sum(r.n_boxes1 for r in parts),
+        "n_boxes2": sum(r.n_boxes2 for r in parts),
+        "refined": all(r.refined for r in parts),
+        "reasoner": reasoner_name, "segmenter": segmenter_name,
+        "score": float(np.mean(scores)) if scores else None,
+        "note": "; ".join(sorted({nt for r in parts for nt in r.notes})),
+        "area_m2": round(geodesic_area_m2(poly, grid.crs), 1),
+        "created": created,
+    }
+
+
+class BandMerger:
+    """Feed `add(record)` every tile's record in any order; `finish()` returns the entities in the
+    order a whole-area labelling gives (by each place's first pixel, row-major).
+
+    `keep_mask` also builds the whole-area mask (for --truth and --preview, which need it anyway)."""
+
+    def __init__(self, grid: geo.Grid, tiles: list[geo.Tile], query: str, task: str | None,
+                 reasoner_name: str, segmenter_name: str, min_area_m2: float = 0.0, keep_mask: bool = False):
+        self.grid, self.query, self.task = grid, query, task
+        self.engines = (reasoner_name, segmenter_name)
+        self.min_px = min_area_m2 * units_per_metre(grid.crs) ** 2 / grid.resolution ** 2 if min_area_m2 else 0
+        self.rows: dict[int, list[geo.Tile]] = {}
+        for t in tiles:
+            self.rows.setdefault(t.row, []).append(t)
+        self.order = sorted(self.rows)
+        self.waiting: dict[int, dict[int, TileRecord]] = {}   # tile row -> col -> record, until complete
+        self.next_row = 0                                     # index into self.order
+        self.band = np.zeros((0, grid.width), bool)
+        self.b0 = 0                                           # grid row of the band's first row
+        self.live: list[TileRecord] = []                      # records that reach into the band
+        self.found: list[tuple[tuple[int, int], Entity]] = []
+        self.mask = np.zeros((grid.height, grid.width), bool) if keep_mask else None
+        self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.dropped = 0
+
+    def add(self, record: TileRecord) -> None:
+        self.waiting.setdefault(record.tile.row, {})[record.tile.col] = record
+        while self.next_row < len(self.order):
+            r = self.order[self.next_row]
+            got = self.waiting.get(r, {})
+            if len(got) < len(self.rows[r]):
+                return
+            del self.waiting[r]
+            self.next_row += 1
+            self._add_row([got[t.col] for t in self.rows[r]])
+
+    def _add_row(self, records: list[TileRecord]) -> None:
+        bottom = max(r.tile.y0 + r.tile.height for r in records)
+        if bottom > self.b0 + len(self.band):
+            grow = np.zeros((bottom - self.b0 - len(self.band), self.grid.width), bool)
+            self.band = np.concatenate([self.band, grow])
+        for rec in records:
+            t = rec.tile
+            self.band[t.y0 - self.b0:t.y0 - self.b0 + t.height, t.x0:t.x0 + t.width] |= rec.mask
+            if rec.mask.any():
+                self.live.append(rec)
+        nxt = self.order[self.next_row] if self.next_row < len(self.order) else None
+        final = self.rows[nxt][0].y0 if nxt is not None else self.grid.height
+        self._close(final, last=nxt is None)
+
+    def _close(self, final: int, last: bool) -> None:
+        """Vectorise the regions that lie above `final` and do not touch its row above."""
+        n_final = final - self.b0
+        if n_final <= 0:
+            return
+        labels, count = ndimage.label(self.band[:n_final])
+        open_labels = set() if last else set(np.unique(labels[n_final - 1]).tolist()) - {0}
+        top = final
+        for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            if k in open_labels:
+                top = min(top, self.b0 + sl[0].start)
+                continue
+            comp = labels[sl] == k
+            self._emit(comp, self.b0 + sl[0].start, sl[1].start)
+            self.band[sl][comp] = False
+        # Rows above every open region are done: they leave the band, and so do the tiles above them.
+        cut = top - self.b0
+        self.band = self.band[cut:].copy() if cut else self.band
+        self.b0 = top
+        self.live = [r for r in self.live if r.tile.y0 + r.tile.height > self.b0]
+
+    def _emit(self, comp: np.ndarray, r0: int, c0: int) -> None:
+        area = int(comp.sum())
+        if area < self.min_px:
+            self.dropped += 1
+            return
+        h, w = comp.shape
+        first = (r0, c0 + int(np.argmax(comp[0])))
+        parts, names = [], set()
+        for rec in self.live:
+            t = rec.tile
+            ys, ye = max(r0, t.y0), min(r0 + h, t.y0 + t.height)
+            xs, xe = max(c0, t.x0), min(c0 + w, t.x0 + t.width)
+            if ys >= ye or xs >= xe:
+                continue
+            here = comp[ys - r0:ye - r0, xs - c0:xe - c0]
+            tsl = (slice(ys - t.y0, ye - t.y0), slice(xs - t.x0, xe - t.x0))
+            if (rec.mask[tsl] & here).any():
+                parts.append(rec)
+                names.update(name for nm, name in rec.names if (nm[tsl] & here).any())
+        parts.sort(key=lambda rec: (rec.tile.row, rec.tile.col))
+        if self.mask is not None:
+            self.mask[r0:r0 + h, c0:c0 + w] |= comp
+        (geom, _), = polygons(comp.astype(np.int32), self.grid.transform, origin=(r0, c0))
+        poly = geom.simplify(0.5 * self.grid.resolution, preserve_topology=True)
+        if poly.is_empty:
+            return
+        attrs = entity_attrs(poly, parts, names, self.grid, self.query, self.task, *self.engines, self.created)
+        self.found.append((first, Entity(poly, attrs)))
+
+    def finish(self) -> list[Entity]:
+        if self.next_row < len(self.order):
+            missing = sum(len(self.rows[r]) - len(self.waiting.get(r, {})) for r in self.order[self.next_row:])
+            raise RuntimeError(f"merge finished with {missing} tile(s) never added")
+        if self.dropped:
+            log.info("dropped %d region(s) under the minimum place area", self.dropped)
+        return [e for _, e in sorted(self.found, key=lambda item: item[0])]
