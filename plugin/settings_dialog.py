@@ -73,7 +73,7 @@ class SettingsDialog(QDialog):
         self.results_folder.setPlaceholderText("the project's folder")
         self.results_folder.setToolTip("Where the GeoPackage of results (socioseg_results.gpkg) is kept")
         self.python = QLineEdit(s.python)
-        self.python.setPlaceholderText("automatic: the environment set up below, else QGIS's Python")
+        self.python.setPlaceholderText("automatic: the environment set up above, else QGIS's Python")
         self.python.setToolTip("The Python interpreter that runs the detection in its own process; leave it "
                                "empty to use the plugin's own environment")
 

@@ -164,14 +164,40 @@ def final_shots():
 
     d = SettingsDialog(iface.mainWindow())
     d.show()
-    QTimer.singleShot(1500, lambda: (shot("05_settings.png"), d.close(), check()))
+    state["settings"] = d
+    QTimer.singleShot(1500, guarded(lambda: (shot("05_settings.png"), press_download())))
+
+
+@guarded
+def press_download():
+    """Download of the vision-language model: on a machine without the hub it must say 'offline' at once;
+    with the hub it asks first with the size (answered No here: several GB)."""
+    QTimer.singleShot(1500, answer_download)
+    started = time.monotonic()
+    state["settings"].vlm_download.click()
+    summary["download_seconds"] = round(time.monotonic() - started, 1)
+    state["settings"].close()
+    check()
+
+
+@guarded
+def answer_download():
+    box = QApplication.activeModalWidget()
+    if not isinstance(box, QMessageBox):
+        return QTimer.singleShot(500, answer_download)
+    summary["download_answer"] = box.text()
+    note("Download says: " + box.text().replace("\n", " "))
+    shot("06_download.png")
+    box.button(QMessageBox.No).click() if box.button(QMessageBox.No) else box.accept()
 
 
 @guarded
 def check():
     expected = {"Lakeview High School", "Northgate Middle School", "Maple School"}
+    answer = summary.get("download_answer", "")
     ok = set(summary.get("found", [])) == expected and summary.get("map_layers") == ["map areas", "map pois",
-                                                                                     "map roads"]
+                                                                                     "map roads"] \
+        and (answer.startswith("offline") or " GB in " in answer)
     note(("PASS" if ok else "FAIL") + f": expected {sorted(expected)}")
     finish(ok)
 
