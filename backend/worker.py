@@ -12,16 +12,20 @@ import logging
 import sys
 import time
 
-import numpy as np
-
 from . import contract
 from .errors import InputError, SocioSegError
 
 
-def _read_rgba(path: str, grid, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(H x W x 3 RGB, H x W alpha > 0) of a GeoTIFF written on `grid`; every failure names the file.
-    (Whole-file reading: the tile windows are read by the pipeline once it streams.)"""
+def _open_on_grid(path: str, grid, what: str, use_mask: bool = True):
+    """A GeoTIFF written on `grid` (RGB, or RGBA with alpha 0 = no data), opened for reading tile
+    windows (backend/geo/window.py); every failure names the file."""
     import rasterio
+    from rasterio.enums import Resampling
+
+    from .geo.window import GridRaster
+
+    def error(exc):
+        return contract.RequestError(f"cannot read the {what} image {path} (truncated?): {exc}; run again")
 
     try:
         with rasterio.open(path) as src:
@@ -29,23 +33,23 @@ def _read_rgba(path: str, grid, what: str) -> tuple[np.ndarray, np.ndarray]:
                 raise contract.RequestError(
                     f"the {what} image {path} is {src.width} x {src.height} px with {src.count} bands, "
                     f"not the request's {grid.width} x {grid.height} RGB(A) grid: run again")
-            data = src.read()
     except rasterio.errors.RasterioIOError as exc:
-        raise contract.RequestError(f"cannot read the {what} image {path} (truncated?): {exc}; run again") from None
-    rgb = np.ascontiguousarray(np.moveaxis(data[:3], 0, -1))
-    alpha = data[3] > 0 if data.shape[0] == 4 else np.ones(rgb.shape[:2], bool)
-    return rgb, alpha
+        raise error(exc) from None
+    return GridRaster(path, grid, Resampling.nearest, use_mask=use_mask, fourth_is_alpha=True, error=error)
 
 
 def load_scene_folder(folder: str, req: contract.SceneRequest):
-    """The request's files as the pipeline's Scene (the grid, both images, the valid mask, the features)."""
+    """The request's files as the pipeline's Scene (the grid, both images read tile by tile when the
+    tiles run, the features)."""
     from affine import Affine
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
     from .geo.grid import Grid
     from .geo.vectormap import VectorMap
+    from .geo.window import any_valid_both
     from .pipeline.detect import Scene
+    from .pipeline.resume import file_identity
 
     try:
         crs = CRS.from_wkt(req.grid.crs_wkt)
@@ -53,17 +57,22 @@ def load_scene_folder(folder: str, req: contract.SceneRequest):
         raise contract.RequestError(f"the scene request's grid CRS is not a valid WKT CRS ({exc}): "
                                     "set a valid project CRS in QGIS (Project > Properties > CRS)") from None
     grid = Grid(crs, Affine(*req.grid.transform), req.grid.width, req.grid.height)
-    sat, valid = _read_rgba(req.path(folder, "satellite"), grid, "satellite")
-    if not valid.any():
-        raise InputError("the satellite layer has no pixels in this area: choose another Area or Satellite layer")
-    map_rgb, map_alpha = _read_rgba(req.path(folder, "map_image"), grid, "map")
-    if req.map_masks_coverage:
-        valid &= map_alpha
-        if not valid.any():
+    sat_path, map_path = req.path(folder, "satellite"), req.path(folder, "map_image")
+    sat = _open_on_grid(sat_path, grid, "satellite")
+    try:
+        if not sat.any_valid():
+            raise InputError("the satellite layer has no pixels in this area: choose another Area or Satellite layer")
+        map_src = _open_on_grid(map_path, grid, "map", use_mask=req.map_masks_coverage)
+        if req.map_masks_coverage and not any_valid_both(sat, map_src):
+            map_src.close()
             raise InputError("the map layers have no pixels where the satellite layer has: choose map layers "
                              "that cover the Area")
+    except BaseException:
+        sat.close()
+        raise
     vmap = VectorMap.read(req.path(folder, "map_features"), crs) if req.map_features else None
-    return Scene(grid, sat, map_rgb, valid, req.tiles, vmap)
+    return Scene(grid, None, None, None, req.tiles, vmap, (sat, map_src, req.map_masks_coverage),
+                 {"satellite": file_identity(sat_path), "map": file_identity(map_path)})
 
 
 def generation_settings(values: dict):

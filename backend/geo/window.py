@@ -20,6 +20,13 @@ from .maprender import render_map
 STRETCH_SAMPLE_PX = 1_000_000   # non-8-bit rasters: contrast stretch from at most this many grid pixels
 LABEL_MARGIN_PX = 256           # map labels are drawn around a feature's centre and may reach this far
 EDGE_PAD_PX = 16
+# GDAL caches every block a read touches, the warped grid's own blocks included, up to 5 % of the
+# machine's memory by default: enough to hold a whole large grid. Reads here run under this cap.
+GDAL_CACHE_BYTES = 64 * 2 ** 20
+
+
+def _bounded_cache() -> rasterio.Env:
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
 def sub_grid(grid: Grid, x0: int, y0: int, width: int, height: int) -> Grid:
@@ -29,15 +36,21 @@ def sub_grid(grid: Grid, x0: int, y0: int, width: int, height: int) -> Grid:
 class GridRaster:
     """A raster file resampled onto `grid`, read window by window: (h x w x 3 uint8 RGB, h x w valid).
 
-    `use_mask=False` treats every pixel as valid (a map whose transparency is not coverage)."""
+    `use_mask=False` treats every pixel as valid (a map whose transparency is not coverage);
+    `fourth_is_alpha`: a 4-band file's 4th band is coverage even where it is not tagged as alpha (the
+    plugin's RGBA scene files; elsewhere 4 bands may be RGB + near infrared). `error(exc)` makes the
+    exception for a file that cannot be read, at opening or at any later window (a damaged block)."""
 
     def __init__(self, path: str, grid: Grid, resampling: Resampling = Resampling.bilinear,
-                 use_mask: bool = True):
+                 use_mask: bool = True, fourth_is_alpha: bool = False, error=None):
         self.path, self.grid, self.use_mask = path, grid, use_mask
+        self.fourth_is_alpha = fourth_is_alpha
+        self.error = error or (lambda exc: _cannot_read(path, exc))
         try:
-            self._open(resampling)
+            with _bounded_cache():
+                self._open(resampling)
         except rasterio.errors.RasterioError as exc:
-            raise _cannot_read(path, exc) from None
+            raise self.error(exc) from None
 
     def _open(self, resampling: Resampling) -> None:
         self.src = rasterio.open(self.path)
@@ -50,8 +63,11 @@ class GridRaster:
                     self.lut[k] = rgba[:3]
             resampling = Resampling.nearest      # palette indices must not be averaged
         alpha = [i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha]
+        if self.fourth_is_alpha and self.src.count == 4:
+            alpha = [4]
         self.bands = [i for i in range(1, self.src.count + 1) if i not in alpha][:3]
         g = self.grid
+        self.alpha = alpha[0] if alpha else None
         self.vrt = WarpedVRT(self.src, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
                              resampling=resampling, add_alpha=not alpha and self.src.nodata is None)
         self.stretch = None if self.lut is not None or self.src.dtypes[0] == "uint8" else self._stretch()
@@ -64,7 +80,7 @@ class GridRaster:
         f = max(1.0, (g.width * g.height / STRETCH_SAMPLE_PX) ** 0.5)
         shape = (max(1, int(g.height / f)), max(1, int(g.width / f)))
         data = self.vrt.read(self.bands, out_shape=(len(self.bands), *shape))
-        valid = self.vrt.dataset_mask(out_shape=shape) > 0
+        valid = self._mask(out_shape=shape)
         values = data[:, valid].astype(np.float64)
         if values.size == 0:
             return 0.0, 255.0
@@ -73,11 +89,11 @@ class GridRaster:
     def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         try:
             window = Window(x0, y0, width, height)
-            data = self.vrt.read(self.bands, window=window)
-            valid = self.vrt.dataset_mask(window=window) > 0 if self.use_mask \
-                else np.ones((height, width), bool)
+            with _bounded_cache():
+                data = self.vrt.read(self.bands, window=window)
+            valid = self._mask(window) if self.use_mask else np.ones((height, width), bool)
         except rasterio.errors.RasterioError as exc:   # a damaged block half-way through the run
-            raise _cannot_read(self.path, exc) from None
+            raise self.error(exc) from None
         if self.lut is not None:
             rgb = self.lut[data[0]]
         else:
@@ -93,17 +109,25 @@ class GridRaster:
         rgb[~valid] = 0
         return rgb, valid
 
+    def _mask(self, window: Window | None = None, out_shape=None) -> np.ndarray:
+        try:
+            with _bounded_cache():
+                if self.fourth_is_alpha and self.alpha is not None:
+                    return self.vrt.read(self.alpha, window=window, out_shape=out_shape) > 0
+                return self.vrt.dataset_mask(window=window, out_shape=out_shape) > 0
+        except rasterio.errors.RasterioError as exc:
+            raise self.error(exc) from None
+
     def any_valid(self, rows_per_read: int = 512) -> bool:
         """Whether any grid pixel is valid: a decimated look first, then band by band to be sure."""
         g = self.grid
         if not self.use_mask:
             return True
         f = max(1.0, (g.width * g.height / STRETCH_SAMPLE_PX) ** 0.5)
-        if (self.vrt.dataset_mask(out_shape=(max(1, int(g.height / f)), max(1, int(g.width / f)))) > 0).any():
+        if self._mask(out_shape=(max(1, int(g.height / f)), max(1, int(g.width / f)))).any():
             return True
         for y0 in range(0, g.height, rows_per_read):
-            h = min(rows_per_read, g.height - y0)
-            if (self.vrt.dataset_mask(window=Window(0, y0, g.width, h)) > 0).any():
+            if self._mask(Window(0, y0, g.width, min(rows_per_read, g.height - y0))).any():
                 return True
         return False
 
@@ -136,6 +160,16 @@ class MapWindows:
 
     def close(self) -> None:
         pass
+
+
+def any_valid_both(a: GridRaster, b: GridRaster, rows_per_read: int = 512) -> bool:
+    """Whether some grid pixel is valid in both rasters (read band by band: memory stays bounded)."""
+    g = a.grid
+    for y0 in range(0, g.height, rows_per_read):
+        w = Window(0, y0, g.width, min(rows_per_read, g.height - y0))
+        if (a._mask(w) & b._mask(w)).any():
+            return True
+    return False
 
 
 def require_valid(raster: GridRaster, what: str) -> None:
