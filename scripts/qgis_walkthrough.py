@@ -185,6 +185,9 @@ def answer_download():
     box = QApplication.activeModalWidget()
     if not isinstance(box, QMessageBox):
         return QTimer.singleShot(500, answer_download)
+    if not state.get("download_seen"):       # let the box be drawn before the screenshot
+        state["download_seen"] = True
+        return QTimer.singleShot(800, answer_download)
     summary["download_answer"] = box.text()
     note("Download says: " + box.text().replace("\n", " "))
     shot("06_download.png")
