@@ -52,7 +52,7 @@ def main() -> int:
                 scene = Scene(grid, sat, render_map(town.features, grid), valid, tiles, vmap)
                 t = time.perf_counter()
                 try:
-                    pred = detect(scene, query, MapReader(), GrabCutSegmenter(), task=level).mask
+                    pred = detect(scene, query, MapReader(), GrabCutSegmenter(), task=level, keep_mask=True).mask
                 except InputError:
                     refused[kind] += 1
                     pred = np.zeros_like(truth)

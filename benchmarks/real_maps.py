@@ -76,9 +76,9 @@ def run_scene(data: str, resolution: float, maps: list[str], cases) -> list[dict
         reader = MapReader()   # one reader per map: it caches what it read of the whole map
         for query, task, classes in cases:
             truth = rasterize([x for c in classes for x in truths.get(c, [])], (g.height, g.width), g.transform)
-            truth &= scene.valid
+            truth &= scene.whole()[2]
             t = time.perf_counter()
-            det = detect(scene, query, reader, GrabCutSegmenter(), task=task)
+            det = detect(scene, query, reader, GrabCutSegmenter(), task=task, keep_mask=True)
             secs = time.perf_counter() - t
             rows.append({"map": kind, "query": query, "places": len(det.entities), "tiles": len(scene.tiles),
                          "seconds": secs, "load_seconds": load_s, **score(det.mask, truth)})

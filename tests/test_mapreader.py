@@ -40,7 +40,7 @@ def test_unknown_class_suggests_and_names_the_alternative():
 
 @pytest.mark.parametrize("query", ["schools", "parks"])
 def test_vector_default_finds_the_sample_with_high_iou(vector_scene, sample_dir, query):
-    det = detect(vector_scene, query, MapReader(), GrabCutSegmenter())
+    det = detect(vector_scene, query, MapReader(), GrabCutSegmenter(), keep_mask=True)
     truth = truth_mask_for(os.path.join(sample_dir, "truth.gpkg"), vector_scene.grid, query, None)
     assert mask_iou(det.mask, truth) > 0.9
     assert all(e.attrs["name"] for e in det.entities)
@@ -77,7 +77,7 @@ def test_raster_legend_ambiguity_is_said_not_hidden(raster_scene):
 
 
 def test_raster_park_colour_is_unambiguous(raster_scene, sample_dir):
-    det = detect(raster_scene, "parks", MapReader(), GrabCutSegmenter())
+    det = detect(raster_scene, "parks", MapReader(), GrabCutSegmenter(), keep_mask=True)
     truth = truth_mask_for(os.path.join(sample_dir, "truth.gpkg"), raster_scene.grid, "parks", None)
     assert mask_iou(det.mask, truth) > 0.9 and not any(e.attrs["note"] for e in det.entities)
 
@@ -109,7 +109,7 @@ def test_the_default_works_on_a_geographic_grid(sample_dir):
                        crs=CRS.from_epsg(4326), resolution=1e-5)
     assert scene.grid.crs.is_geographic
     for query in ("schools", "parks"):
-        det = detect(scene, query, MapReader(), GrabCutSegmenter())
+        det = detect(scene, query, MapReader(), GrabCutSegmenter(), keep_mask=True)
         truth = truth_mask_for(os.path.join(sample_dir, "truth.gpkg"), scene.grid, query, None)
         assert mask_iou(det.mask, truth) > 0.9, query
         assert all(e.attrs["area_m2"] > 50_000 for e in det.entities)   # geodesic m2, not square degrees

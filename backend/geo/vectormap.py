@@ -47,7 +47,8 @@ def parse_hstore(text) -> dict[str, str]:
     if not text or not isinstance(text, str):
         return {}
     unescape = lambda s: s.replace('\\"', '"').replace("\\\\", "\\")  # noqa: E731
-    return {unescape(k): unescape(v) for k, v in _HSTORE.findall(text) if v is not None}
+    return {unescape(m.group(1)): unescape(m.group(2)) for m in _HSTORE.finditer(text)
+            if m.group(2) is not None}
 
 
 @dataclass

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 POINT_BOX_M = 80.0        # side of the square a POI gets when no street block surrounds it
 MAX_BLOCK_M2 = 250_000.0  # a "block" larger than this is open country, not a block
-MIN_AREA_M2 = 150.0       # smaller pieces (slivers at tile edges, legend noise) are ignored
+MIN_AREA_M2 = 100.0       # default minimum place: smaller pieces (tile-edge slivers, map noise) are dropped
 WORK_M = 1.0              # raster maps are read at about this many metres per pixel
 MIN_SITE_M2 = 20.0        # an enclosing building or site smaller than this is a mapping slip
 # Areas that can stand for a place mapped only as a point inside them, and areas that cannot.
@@ -103,14 +103,14 @@ def check_legend(path: str) -> None:
 
 class MapReader(SmartResize):
     name = "mapreader"
-    max_points = 24   # stage-2 points per box beyond the two deepest ones (see spread_points)
+    max_points = 64   # stage-2 points per box beyond the two deepest ones (see spread_points)
 
-    def __init__(self, legend: str | None = None):
+    def __init__(self, legend: str | None = None, min_area_m2: float = MIN_AREA_M2):
         self.legend_path = legend or resource("legends", "osm_carto.json")
         check_legend(self.legend_path)
         self._legend: Legend | None = None
         self._found: tuple = (None, None)
-        self.min_area_m2 = MIN_AREA_M2
+        self.min_area_m2 = float(min_area_m2)   # detect() drops merged regions under this too
         self._spec_cache: dict[tuple[str, str | None], QuerySpec] = {}
         self._vector_cache: dict[int, list] = {}
 
@@ -175,7 +175,11 @@ class MapReader(SmartResize):
                     blocks = self._blocks(vmap)
                 g = self._area_for_point(g, vmap, blocks, metre)
             elif g.geom_type in ("LineString", "MultiLineString"):
-                g = g.buffer(10.0 * metre)
+                # GDAL's OSM driver makes a closed way a line unless a key of its osmconf.ini says
+                # "area" (healthcare=*, for one, does not): a closed way tagged as a place is its area.
+                rings = [p for p in shapely.get_parts(g) if p.is_closed and len(p.coords) >= 4]
+                area = shapely.make_valid(shapely.union_all([shapely.Polygon(r) for r in rings])) if rings else None
+                g = area if area is not None and area.area > 0 else g.buffer(10.0 * metre)
             out.append((g, label, s))
         self._vector_cache[key] = out
         return out
@@ -232,7 +236,7 @@ class MapReader(SmartResize):
         items, labels, masks = [], [], []
         for geom, label, _ in self._candidates(spec, view.map_features):
             part = geom.intersection(tile_poly)
-            if part.is_empty or part.area < max(MIN_AREA_M2 * units_per_metre(view.crs) ** 2, 20 * px_area):
+            if part.is_empty or part.area < max(self.min_area_m2 * units_per_metre(view.crs) ** 2, 20 * px_area):
                 continue
             m = rasterize([part], (h, w), t)
             if not m.any():

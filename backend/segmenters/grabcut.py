@@ -1,7 +1,9 @@
 """OpenCV GrabCut: a weight-free segmenter driven by the same box and point prompts as SAM.
 
 Each box is cut on a crop around it (so the colour models see local background), points are sure
-foreground, and holes in the result are filled (places are solid areas). Documented fallbacks, each logged: boxes under `min_side` px come back as the filled box
+foreground, and holes in the result are filled (places are solid areas). A prompt with many points
+(`lattice_min` or more, as the map reader gives) says where the object is: box pixels far from every
+point start as probable background instead of probable foreground. Documented fallbacks, each logged: boxes under `min_side` px come back as the filled box
 (GrabCut has too few pixels to model), crops larger than `max_side` are cut at reduced resolution.
 """
 from __future__ import annotations
@@ -22,10 +24,11 @@ class GrabCutSegmenter:
     name = "grabcut"
 
     def __init__(self, iterations: int = 5, margin: float = 0.25, min_side: int = 8,
-                 max_side: int = 384, point_radius: int = 3):
+                 max_side: int = 384, point_radius: int = 3, lattice_min: int = 6):
         self.iterations = max(1, min(int(iterations), 20))
         self.margin, self.min_side, self.max_side = margin, min_side, max_side
         self.point_radius = point_radius
+        self.lattice_min = lattice_min
         self._image: np.ndarray | None = None
         self.embed_calls = 0
         self.seconds = 0.0
@@ -68,6 +71,18 @@ class GrabCutSegmenter:
         (ix1, iy1), (ix2, iy2) = to_crop(bx1, by1), to_crop(bx2, by2)
         ix2, iy2 = min(cw, max(ix2, ix1 + 2)), min(ch, max(iy2, iy1 + 2))
         mask[iy1:iy2, ix1:ix2] = cv2.GC_PR_FGD
+        if len(prompt.points) >= self.lattice_min:
+            # Many points spread over the object (the map reader's lattice): the object is where
+            # the points are, so box pixels far from every point start as probable background.
+            pts = np.array([to_crop(x, y) for x, y in prompt.points], np.float32)
+            d = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+            np.fill_diagonal(d, np.inf)
+            reach = max(self.point_radius + 1, int(round(0.75 * float(np.median(d.min(axis=1))))))
+            near = np.zeros((ch, cw), np.uint8)
+            for px, py in pts.astype(int):
+                cv2.circle(near, (int(px), int(py)), reach, 1, -1)
+            box = mask == cv2.GC_PR_FGD
+            mask[box & (near == 0)] = cv2.GC_PR_BGD
         if not (mask == cv2.GC_BGD).any():
             # The box fills the crop (it touches the image border on every side): let a thin frame
             # inside it stand as probable background so GrabCut can learn a background model.

@@ -1,0 +1,149 @@
+"""The weight-free default on real OpenStreetMap data: GDAL's OSM-driver output with a broken ring,
+.osm files, other_tags, points inside buildings, the same place at 1 m and 0.25 m per pixel, and the
+Porto scene's scores (skipped when ../shared/realdata/porto is not beside the checkout)."""
+import logging
+import os
+
+import numpy as np
+import pytest
+import shapely
+from rasterio.crs import CRS
+
+from backend.geo.vectormap import Feature, VectorMap, parse_hstore
+from backend.pipeline.detect import detect, load_scene
+from backend.pipeline.query import resolve_query
+from backend.reasoners.mapreader import MapReader
+from backend.segmenters.grabcut import GrabCutSegmenter
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE = os.path.join(HERE, "fixtures", "porto_cordoaria.gpkg")
+PORTO = os.path.join(HERE, "..", "..", "shared", "realdata", "porto")
+UTM29 = CRS.from_epsg(32629)
+needs_porto = pytest.mark.skipif(not os.path.isdir(PORTO), reason=f"no real scene at {PORTO}")
+
+
+def test_fixture_really_holds_a_ring_of_two_points():
+    import pyogrio
+    _, _, wkb, _ = pyogrio.raw.read(FIXTURE, layer="multipolygons")
+    with pytest.raises(shapely.errors.GEOSException, match="LinearRing"):
+        shapely.from_wkb(wkb)
+
+
+def test_broken_osm_geometry_is_skipped_and_counted(caplog):
+    with caplog.at_level(logging.INFO, logger="backend.geo.vectormap"):
+        vmap = VectorMap.read(FIXTURE, UTM29)
+    assert "1 unusable ones skipped" in caplog.text
+    assert {f.layer for f in vmap.features} == {"points", "lines", "multipolygons"}
+    assert all(f.geometry.is_valid for f in vmap.features)
+    # other_tags are tags like any other: wikidata, name:en, addr:* come out of the hstore text
+    assert "other_tags" not in vmap.features[0].props
+    assert any("wikidata" in f.props for f in vmap.features)
+
+
+def test_parse_hstore_handles_quotes_commas_and_null():
+    text = r'"name:en"=>"Hospital \"Santo\", Porto","healthcare"=>"hospital","x"=>NULL'
+    assert parse_hstore(text) == {"name:en": 'Hospital "Santo", Porto', "healthcare": "hospital"}
+    assert parse_hstore(None) == {} and parse_hstore("garbage") == {}
+
+
+def test_osm_xml_is_read_by_gdals_osm_driver(tmp_path):
+    # A tiny .osm file in OpenStreetMap's own XML: a hospital area tagged only through other_tags
+    # (healthcare=hospital) and a degenerate closed way of two nodes, which must not stop the read.
+    nodes = [(1, 41.1450, -8.6160), (2, 41.1450, -8.6150), (3, 41.1458, -8.6150), (4, 41.1458, -8.6160),
+             (5, 41.1460, -8.6140), (6, 41.1461, -8.6139)]
+    xml = ['<?xml version="1.0" encoding="UTF-8"?>', '<osm version="0.6" generator="test">']
+    xml += [f'<node id="{i}" version="1" lat="{lat}" lon="{lon}"/>' for i, lat, lon in nodes]
+    xml += ['<way id="10" version="1">', *[f'<nd ref="{i}"/>' for i in (1, 2, 3, 4, 1)],
+            '<tag k="healthcare" v="hospital"/><tag k="name" v="Hospital Teste"/>'
+            '<tag k="name:en" v="Test Hospital"/></way>',
+            '<way id="11" version="1"><nd ref="5"/><nd ref="6"/><nd ref="5"/><tag k="building" v="yes"/></way>',
+            '</osm>']
+    path = tmp_path / "tiny.osm"
+    path.write_text("\n".join(xml), encoding="utf-8")
+    vmap = VectorMap.read(str(path), UTM29)
+    spec = resolve_query("hospitals")
+    hits = [f for f in vmap.features if spec.matches_tags(f.props)]
+    assert len(hits) == 1 and hits[0].props["name:en"] == "Test Hospital"
+    # osmconf.ini does not count healthcare=* as an area key, so GDAL gives a closed line; the map
+    # reader still takes the area inside it
+    (area, label, _), = MapReader()._candidates(spec, vmap)
+    assert label == "Hospital Teste" and 6000 < area.area < 8000      # about 84 m x 89 m
+
+
+def test_point_takes_the_site_or_building_around_it_before_the_block():
+    m = 1.0
+    road = shapely.LineString([(0, 0), (400, 0), (400, 400), (0, 400), (0, 0)])
+    grounds = shapely.box(50, 50, 200, 200)       # landuse=education around a school POI
+    building = shapely.box(250, 250, 270, 265)    # a building around a language school POI
+    feats = [Feature(road, {"highway": "residential"}, "lines"),
+             Feature(grounds, {"landuse": "education"}, "multipolygons"),
+             Feature(building, {"building": "yes"}, "multipolygons"),
+             Feature(shapely.Point(100, 100), {"amenity": "school", "name": "A"}, "points"),
+             Feature(shapely.Point(260, 258), {"amenity": "school", "name": "B"}, "points"),
+             Feature(shapely.Point(350, 100), {"amenity": "school", "name": "C"}, "points")]
+    vmap = VectorMap(feats, UTM29)
+    got = {label: g for g, label, _ in MapReader()._candidates(resolve_query("schools"), vmap)}
+    assert got["A"].equals(grounds) and got["B"].equals(building)
+    assert got["C"].area > 100_000 * m          # no site around it: its street block
+
+
+def _scene(sample_dir, resolution):
+    # Lakeview High School (375 x 330 m, mapped only as a point) with its surroundings
+    return load_scene(os.path.join(sample_dir, "satellite.tif"), os.path.join(sample_dir, "map.gpkg"),
+                      resolution=resolution, bbox=(499980, 4057000, 500460, 4057440), max_tiles=100)
+
+
+def test_place_larger_than_a_tile_is_the_same_at_1m_and_025m(sample_dir):
+    results = {}
+    for res in (1.0, 0.25):
+        scene = _scene(sample_dir, res)
+        reader = MapReader()
+        det = detect(scene, "schools", reader, GrabCutSegmenter(), task="class")
+        assert all(e.attrs["area_m2"] >= reader.min_area_m2 for e in det.entities)
+        results[res] = shapely.union_all([e.geometry for e in det.entities])
+    assert _scene(sample_dir, 0.25).tiles.__len__() > 1
+    a, b = results[1.0], results[0.25]
+    assert a.area > 100_000
+    assert a.intersection(b).area / a.union(b).area > 0.9
+
+
+def _porto_iou(map_name, query, task, classes, bbox):
+    import json
+    scene = load_scene(os.path.join(PORTO, "satellite.tif"), os.path.join(PORTO, map_name), bbox=bbox,
+                       bbox_crs="EPSG:4326")
+    det = detect(scene, query, MapReader(), GrabCutSegmenter(), task=task, keep_mask=True)
+    with open(os.path.join(PORTO, "truth.geojson"), encoding="utf-8") as fh:
+        feats = json.load(fh)["features"]
+    from backend.geo.raster import rasterize
+    from backend.geo.vectormap import _reproject
+    geoms = [shapely.make_valid(shapely.geometry.shape(f["geometry"])) for f in feats
+             if f["properties"]["class"] in classes]
+    g = scene.grid
+    truth = rasterize(_reproject(np.array(geoms, object), CRS.from_epsg(4326), g.crs), (g.height, g.width),
+                      g.transform) & scene.whole()[2]
+    return (det.mask & truth).sum() / max(1, (det.mask | truth).sum())
+
+
+# One tile of Porto (about 700 x 700 m): Cordoaria, Virtudes, Carrilho Videira, Santo António, and
+# a dozen schools and university buildings. Floors are the levels reached at the time of writing,
+# with a margin; the issue's targets that are not reached are listed in the README.
+WINDOW = (-8.6193, 41.1415, -8.6110, 41.1478)
+
+
+@needs_porto
+@pytest.mark.parametrize("map_name,query,task,classes,floor", [
+    ("map.gpkg", "parks", "class", {"park"}, 0.75),
+    ("map.gpkg", "schools", "class", {"school"}, 0.7),
+    ("map_carto.tif", "parks", "class", {"park"}, 0.6),
+])
+def test_porto_scores_stay_above_their_floors(map_name, query, task, classes, floor):
+    assert _porto_iou(map_name, query, task, classes, WINDOW) >= floor
+
+
+@needs_porto
+def test_porto_osm_pbf_runs_the_default_end_to_end():
+    scene = load_scene(os.path.join(PORTO, "satellite.tif"), os.path.join(PORTO, "extract.osm.pbf"),
+                       bbox=(-8.6165, 41.1447, -8.6128, 41.1477), bbox_crs="EPSG:4326")
+    det = detect(scene, "Jardim de João Chagas", MapReader(), GrabCutSegmenter(), task="name")
+    # the window holds the greater part of the park's 14 800 m2
+    assert len(det.entities) == 1 and det.entities[0].attrs["area_m2"] > 5000
