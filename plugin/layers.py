@@ -216,22 +216,40 @@ def export_path(path: str, chosen_filter: str) -> tuple[str, str]:
 
 def export_layer(layer: QgsVectorLayer, path: str, chosen_filter: str = "") -> str:
     """Write `layer` to a GeoPackage or a Shapefile (with .prj) keeping its style: in the GeoPackage's
-    style table, or as a .qml beside the Shapefile (QGIS loads both by default). Raises OSError."""
+    style table, or as a .qml beside the Shapefile (QGIS loads both by default). Everything is written
+    in a temporary folder beside the target first and moved into place only when complete, so a failed
+    export leaves an existing file as it was. Raises OSError."""
+    import shutil
+    import tempfile
+
     path, driver = export_path(path, chosen_filter)
-    if driver == "GPKG" and os.path.exists(path):
-        os.remove(path)            # the user confirmed replacing it in the file dialog
-    write_layer(layer, path, driver, "entities" if driver == "GPKG" else None)
-    if driver == "GPKG":
-        out = QgsVectorLayer(f"{path}|layername=entities", layer.name(), "ogr")
-        out.setRenderer(layer.renderer().clone())
-        if layer.labeling() is not None:
-            out.setLabeling(layer.labeling().clone())
-        out.setLabelsEnabled(layer.labelsEnabled())
-        error = out.saveStyleToDatabase("entities", "SocioSeg result style", True, "")
-        if error:
-            raise OSError(f"the features were written to {path}, but not the style: {error}")
-    else:
-        message, ok = layer.saveNamedStyle(os.path.splitext(path)[0] + ".qml")
-        if not ok:
-            raise OSError(f"the features were written to {path}, but not the style: {message}")
+    folder, name = os.path.split(os.path.abspath(path))
+    staging = tempfile.mkdtemp(prefix=".socioseg-export-", dir=folder)
+    try:
+        staged = os.path.join(staging, name)
+        write_layer(layer, staged, driver, "entities" if driver == "GPKG" else None)
+        if driver == "GPKG":
+            out = QgsVectorLayer(f"{staged}|layername=entities", layer.name(), "ogr")
+            out.setRenderer(layer.renderer().clone())
+            if layer.labeling() is not None:
+                out.setLabeling(layer.labeling().clone())
+            out.setLabelsEnabled(layer.labelsEnabled())
+            error = out.saveStyleToDatabase("entities", "SocioSeg result style", True, "")
+            del out                       # closes the GeoPackage before it moves
+            if error:
+                raise OSError(f"cannot save the style into {path}: {error}")
+        else:
+            message, ok = layer.saveNamedStyle(os.path.splitext(staged)[0] + ".qml")
+            if not ok:
+                raise OSError(f"cannot save the style beside {path}: {message}")
+            stem = os.path.splitext(name)[0]
+            new = {os.path.splitext(f)[1].lower() for f in os.listdir(staging)}
+            for old in os.listdir(folder):      # an old spatial index of the replaced Shapefile would lie
+                base, ext = os.path.splitext(old)
+                if base == stem and ext.lower() in (".qix", ".sbn", ".sbx", ".cpg") and ext.lower() not in new:
+                    os.remove(os.path.join(folder, old))
+        for f in os.listdir(staging):
+            os.replace(os.path.join(staging, f), os.path.join(folder, f))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path

@@ -235,7 +235,8 @@ def test_all_three_layers_of_the_map_find_all_three_schools(plugin_pkg, qgis_new
 
 
 def test_export_of_the_selected_result_in_both_formats_keeps_the_style(plugin_pkg, qgis_new_project, qgis_iface,
-                                                                      sample_dir, tmp_path, results_folder):
+                                                                      sample_dir, tmp_path, results_folder,
+                                                                      monkeypatch):
     from socioseg.plugin.panel import FindPanel
     from socioseg.plugin.task import DetectTask
     panel = FindPanel(qgis_iface)
@@ -253,6 +254,20 @@ def test_export_of_the_selected_result_in_both_formats_keeps_the_style(plugin_pk
         assert {f["name"] for f in back.getFeatures()} == {"Lotus Park", "Spring Park"}
         assert back.renderer().symbol().symbolLayer(0).strokeColor().name() == colour
     assert (tmp_path / "parks_shp.prj").exists() and (tmp_path / "parks_shp.qml").exists()
+    # a failing export leaves the file it would replace as it was, and nothing half-written beside it
+    from socioseg.plugin import layers
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    real_write = layers.write_layer
+
+    def write_then_fail(*args, **kwargs):
+        real_write(*args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(layers, "write_layer", write_then_fail)
+    assert panel.export(str(tmp_path / "parks.gpkg"), "") is None
+    assert panel.export(str(tmp_path / "parks_shp.shp"), "") is None
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".socioseg-export")]
     from socioseg.plugin.layers import suggested_file_name
     assert suggested_file_name(parks) == "parks_map_reader"
 
