@@ -40,6 +40,7 @@ def log(message: str, level=Qgis.Info) -> None:
 
 # CLI wording in backend messages, and the plugin control that does the same (the backend serves both).
 CONTROLS = [(", a legend file with that class (--legend),", ","), (" (--legend)", ""),
+            ("give a vector map,", "check a vector Map layer (e.g. an OpenStreetMap extract),"),
             ("--reasoner qwen", "Engine: SocioReasoner"), ("--task class", "Task level: class"),
             ("--task function", "Task level: function"), ("--task name", "Task level: name"),
             ("--max-tiles", "Settings > Max tiles"), ("--resolution", "Resolution"), ("--bbox", "Area"),

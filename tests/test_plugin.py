@@ -396,7 +396,8 @@ def test_backend_option_names_become_plugin_controls():
     assert "--" not in text and "Engine: SocioReasoner" in text and "Settings > Max tiles" in text
     text = plugin_wording("the map legend L has no colour for zoo: give a vector map, a legend file with that class "
                           "(--legend), or use --reasoner qwen")
-    assert text == "the map legend L has no colour for zoo: give a vector map, or use Engine: SocioReasoner"
+    assert text == ("the map legend L has no colour for zoo: check a vector Map layer (e.g. an OpenStreetMap "
+                    "extract), or use Engine: SocioReasoner")
 
 
 def test_drawn_area_stays_visible_and_zoom_goes_to_the_result(plugin_pkg, qgis_new_project, qgis_iface, sample_dir,
