@@ -165,7 +165,7 @@ print(json.dumps({{"base": base, "probe": result, "status": env.status(venv).sta
     r = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=600, env=env_vars)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["base"] == "/usr/bin/python3"
+    assert os.path.realpath(res["base"]) == os.path.realpath("/usr/bin/python3")
     assert res["probe"]["missing"] == [], res["probe"]
     assert res["status"] == "ready"
     # the worker's own entry point runs from the ZIP's folder with the new environment
