@@ -15,14 +15,13 @@ and isolated wheels give the same stack on every OS. The price is a ~150 MB down
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIGHT_REQUIREMENTS = os.path.join(PLUGIN_DIR, "requirements-plugin.txt")
@@ -37,6 +36,8 @@ LIGHT_MODULES = {"numpy": "numpy", "rasterio": "rasterio", "affine": "affine", "
 MODEL_MODULES = {"torch": "torch", "torchvision": "torchvision", "transformers": "transformers",
                  "segment_anything": "segment-anything"}
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# PyTorch names its CUDA indexes by CUDA version; cu126 serves the current releases and drivers >= 560.
+# Revisit when PyTorch drops it.
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu126"
 
 
@@ -114,14 +115,13 @@ class TorchPlan:
     pip_args: list[str]
     description: str
     gpu: str | None = None
-    extra: list[str] = field(default_factory=list)
 
 
 def nvidia_gpu(run=subprocess.run) -> str | None:
     """Name of the first NVIDIA GPU the driver reports, or None (no driver, no GPU)."""
     smi = shutil.which("nvidia-smi")
-    if smi is None and os.name == "nt":
-        smi = next(iter(glob.glob(r"C:\Windows\System32\nvidia-smi.exe")), None)
+    if smi is None and os.name == "nt" and os.path.exists(r"C:\Windows\System32\nvidia-smi.exe"):
+        smi = r"C:\Windows\System32\nvidia-smi.exe"    # the driver puts it there, not always on PATH
     if smi is None:
         return None
     try:
