@@ -84,6 +84,7 @@ class ModelStatus:
     path: str | None        # where it is (or will be downloaded to)
     text: str               # one line for the Settings dialog
     downloadable: bool      # a hub id the Download button can fetch
+    problem: str = ""       # what is missing, when not present
 
 
 def model_status(ref: str | None, models: str, what: str) -> ModelStatus:
@@ -93,9 +94,9 @@ def model_status(ref: str | None, models: str, what: str) -> ModelStatus:
     if not is_hub_id(ref):
         if os.path.isfile(path):          # a SAM checkpoint file
             return ModelStatus(True, path, f"{what}: present ({path})", False)
-        problem = complete_folder(path)
+        problem = complete_folder(path) if os.path.exists(path) else "no such file or folder"
         return ModelStatus(problem is None, path, f"{what}: " + ("present" if problem is None else problem)
-                           + f" ({path})", False)
+                           + f" ({path})", False, problem or "")
     local = folder_for(ref, models)
     problem = complete_folder(local)
     if problem is None:
@@ -104,7 +105,7 @@ def model_status(ref: str | None, models: str, what: str) -> ModelStatus:
     if cached:
         return ModelStatus(True, cached, f"{what}: in the Hugging Face cache ({cached})", True)
     return ModelStatus(False, local, f"{what}: {problem} (Download puts it in models/{os.path.basename(local)})",
-                       True)
+                       True, problem)
 
 
 def download_command(python: str, ref: str, dest: str, size_only: bool = False) -> list[str]:
@@ -123,3 +124,15 @@ def parse_size(lines: list[str]) -> tuple[int, int] | None:
 def human_size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
+
+
+def missing_models_reason(vlm: str, segmenter_spec: str, models: str) -> str | None:
+    """Why the vision-language engine would stall or fail for want of weights (transformers would try
+    the hub for minutes on an offline machine), naming the button; None when both are present."""
+    for what, ref in (("vision-language model", vlm), ("segmenter", segmenter_model(segmenter_spec)[1])):
+        status = model_status(ref, models, what)
+        if not status.present:
+            fix = (f"press Download beside '{what.capitalize()}' in Plugins > SocioSeg > Settings"
+                   if status.downloadable else f"correct '{what.capitalize()}' in Plugins > SocioSeg > Settings")
+            return f"The {what} {ref} is not here ({status.problem}): {fix}."
+    return None

@@ -40,7 +40,10 @@ def vlm_unavailable_reason(settings: PluginSettings) -> str | None:
         return f"The backend's Python ({python}) cannot be started: set one in the plugin settings."
     if missing:
         return deps.explain_missing(missing, "The vision-language engine", python)
-    return None
+    from .environment import data_dir
+    from .models import missing_models_reason, models_dir
+
+    return missing_models_reason(settings.vlm_model, settings.segmenter, models_dir(data_dir()))
 
 
 def help_url() -> str:

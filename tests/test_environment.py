@@ -3,6 +3,7 @@ choice, model presence, the messages that name the buttons, the Qt task on real 
 virtual environment made from the ZIP by Debian's Python with the ZIP's requirements-plugin.txt."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -111,6 +112,14 @@ def test_model_presence(tmp_path, monkeypatch):
     assert models.segmenter_model("grabcut") == ("grabcut", None)
     assert models.segmenter_model("sam:vit_h:/m/sam_vit_h.pth") == ("sam", "/m/sam_vit_h.pth")
     assert models.model_status(None, folder, "Segmenter").present
+    # the panel's reason for not offering the vision-language engine names the button
+    reason = models.missing_models_reason("org/absent-model", "sam2:facebook/sam2-hiera-large", folder)
+    assert reason.startswith("The vision-language model org/absent-model is not here (not downloaded")
+    assert "press Download beside 'Vision-language model' in Plugins > SocioSeg > Settings" in reason
+    shutil.rmtree(m / ".partial")
+    reason = models.missing_models_reason(str(m), "sam:vit_h:/no.pth", folder)
+    assert reason.startswith("The segmenter /no.pth is not here") and "correct 'Segmenter'" in reason
+    assert models.missing_models_reason(str(m), "sam2:facebook/sam2-hiera-large", folder) is None
 
 
 def test_commands_task_runs_real_commands_with_progress_log_and_errors(plugin_pkg, qgis_app, tmp_path):
