@@ -167,7 +167,9 @@ def setup_steps(base: str, venv: str, requirements: str = LIGHT_REQUIREMENTS) ->
     py = venv_python(venv)
     steps = []
     if not os.path.exists(py):
-        steps.append(Step("Creating the environment", [base, "-m", "venv", venv], 0.15))
+        # a folder whose interpreter vanished (the system Python was upgraded or removed) is made afresh
+        clear = ["--clear"] if os.path.isdir(venv) else []
+        steps.append(Step("Creating the environment", [base, "-m", "venv", *clear, venv], 0.15))
     steps.append(Step("Installing the backend's packages", _pip(py, "-r", requirements), 0.85, 30))
     return steps
 

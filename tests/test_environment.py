@@ -69,6 +69,19 @@ def test_messages_name_the_button():
     assert "Install model packages" in heavy and "CPU or CUDA" in heavy
 
 
+def test_set_up_steps(tmp_path):
+    venv = str(tmp_path / "venv")
+    create, install = env.setup_steps("/usr/bin/python3", venv)
+    assert create.argv == ["/usr/bin/python3", "-m", "venv", venv]
+    assert install.argv[:4] == [env.venv_python(venv), "-m", "pip", "install"] and install.argv[-2:] == \
+        ["-r", env.LIGHT_REQUIREMENTS]
+    os.makedirs(os.path.join(venv, "lib"))          # an environment whose interpreter is gone: made afresh
+    assert env.setup_steps("/usr/bin/python3", venv)[0].argv == ["/usr/bin/python3", "-m", "venv", "--clear", venv]
+    os.makedirs(os.path.dirname(env.venv_python(venv)))
+    open(env.venv_python(venv), "w").close()        # present: only the install (an update) runs
+    assert [s.label for s in env.setup_steps("/usr/bin/python3", venv)] == ["Installing the backend's packages"]
+
+
 def test_status_of_the_environment(tmp_path):
     venv = str(tmp_path / "venv")
     assert env.status(venv).state == "missing" and "Set up Python environment" in env.status(venv).text
