@@ -124,12 +124,14 @@ def _preflight(args) -> dict:
     inputs (option -> path) that no output may touch."""
     from .output.preview import check_preview
     from .output.vectors import check_output, output_files
-    from .preflight import check_dump, check_engines, check_inputs, check_not_inputs, check_query
+    from .preflight import (check_dump, check_engines, check_inputs, check_not_inputs, check_query,
+                            check_truth)
 
     args.query = check_query(args.query)
     _generation(args).kwargs()      # validates --temperature, --top-p, --top-k, --max-new-tokens
     inputs = {"--satellite": args.satellite, "--map": args.map, "--truth": args.truth}
     check_inputs(inputs)
+    check_truth(args.truth)
     inputs.update(check_engines(args.reasoner, args.segmenter))
     outputs = {"--out": output_files(args.out)}
     if args.preview:
@@ -202,10 +204,12 @@ def cmd_detect(args) -> int:
             result = detect(scene, args.query, reasoner, segmenter, task=args.task, progress=progress,
                             dump_dir=args.dump, keep_mask=bool(args.truth or args.preview),
                             tiles_dir=tiles_dir_for(args.out), resume=args.resume)
-    except OSError as exc:
-        if args.dump and exc.errno in _WRITE_ERRNOS:
-            raise write_failure(args.dump, "--dump", exc) from None
-        raise
+    except OSError as exc:   # a full or read-only disk under the dump or the tile folder beside --out
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        where = os.path.abspath(str(exc.filename or args.out))
+        in_dump = args.dump and where.startswith(os.path.abspath(args.dump) + os.sep)
+        raise write_failure(where, "--dump" if in_dump else "--out", exc) from None
     finally:
         logging.captureWarnings(False)
         if bar is not None:

@@ -40,6 +40,20 @@ def check_inputs(named: dict[str, str | None]) -> None:
             raise InputError(f"{option} {path} is a folder: give the file inside it")
 
 
+def check_truth(path: str | None) -> None:
+    """The ground truth is read after the run: a file that cannot be read is named now instead."""
+    if not path:
+        return
+    import pyogrio
+
+    try:
+        pyogrio.read_info(path)
+    except Exception as exc:   # pyogrio's DataSourceError and friends
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"--truth {path} is not a vector file GDAL reads ({first}): give a GeoPackage, "
+                         "GeoJSON or Shapefile with name/class fields") from None
+
+
 def check_not_inputs(outputs: dict[str, list[str]], inputs: dict[str, str | None]) -> None:
     """No output (any of its files) may be an input, and no two outputs may share a file."""
     for out_opt, out_files in outputs.items():

@@ -62,8 +62,8 @@ def tmpfs(path, size: str, readonly: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def fill(folder) -> None:
-    """Fill a file system to the last byte."""
+def fill(folder, leave: int = 0) -> None:
+    """Fill a file system to the last byte, then free `leave` bytes again."""
     fd = os.open(os.path.join(folder, "filler"), os.O_WRONLY | os.O_CREAT)
     try:
         while os.write(fd, b"\0" * 4096):
@@ -72,6 +72,9 @@ def fill(folder) -> None:
         pass
     finally:
         os.close(fd)
+    if leave:
+        size = os.path.getsize(os.path.join(folder, "filler"))
+        os.truncate(os.path.join(folder, "filler"), max(0, size - leave))
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +144,8 @@ CASES = [
      [r"truncated_map\.tif", r"damaged, truncated"], []),
     ("missing-satellite", lambda w: sample_args(w, sat="nope.tif"), 2, [r"--satellite .*nope\.tif.* does not exist"], []),
     ("out-is-a-folder", lambda w: sample_args(w, out=str(w / "old_dump")), 2, [r"--out .*old_dump is a folder"], []),
+    ("out-under-a-file", lambda w: sample_args(w, out=str(w / "a_file" / "out.gpkg")), 2,
+     [r"a_file is a file, not a folder", r"choose another --out"], []),
     ("out-bad-extension", lambda w: sample_args(w, out="out.kmz"), 2, [r"\.gpkg, \.shp or \.geojson"], []),
     ("out-is-the-map", lambda w: sample_args(w, "--overwrite", out="map.gpkg"), 2,
      [r"--out .*map\.gpkg is the --map input", r"Choose another --out"], ["--overwrite"]),
@@ -152,6 +157,8 @@ CASES = [
      [r"is the --map input"], []),
     ("out-is-the-truth", lambda w: sample_args(w, "--overwrite", "--truth", str(w / "truth.gpkg"), out="truth.gpkg"),
      2, [r"is the --truth input"], []),
+    ("truth-not-a-vector-file", lambda w: sample_args(w, "--truth", str(w / "truncated_map.tif")), 2,
+     [r"--truth .*truncated_map\.tif is not a vector file"], []),
     ("preview-exists", lambda w: sample_args(w, "--preview", str(w / "existing.png")), 2,
      [r"existing\.png exists; pass --overwrite", r"--preview"], []),
     ("preview-is-the-satellite", lambda w: sample_args(w, "--overwrite", "--preview", str(w / "satellite.tif")), 2,
@@ -164,7 +171,7 @@ CASES = [
     ("dump-holds-a-dump", lambda w: sample_args(w, "--dump", str(w / "old_dump")), 2,
      [r"--dump .*old_dump already holds a dump", r"--overwrite"], []),
     ("empty-query", lambda w: sample_args(w)[:6] + ["   "] + sample_args(w)[7:], 2, [r"--query is empty"], []),
-    ("sample-negative-temperature", lambda w: sample_args(w, "--sample", "--temperature", "-1"), 2,
+    ("negative-temperature", lambda w: sample_args(w, "--temperature", "-1"), 2,
      [r"--temperature", r"-1"], []),
     ("legend-missing", lambda w: sample_args(w, "--reasoner", f"mapreader:{w / 'nope.json'}", map_="map.tif"), 2,
      [r"nope\.json", r"mapreader:LEGEND\.json"], []),
@@ -221,7 +228,7 @@ def test_sweep(case, world, capsys):
 def test_checks_come_before_the_work(world, capsys):
     """Writability, consent and option errors are found before rasters are read or models loaded."""
     for argv in (sample_args(world, "--preview", str(world / "existing.png")),
-                 sample_args(world, "--sample", "--top-p", "2")):
+                 sample_args(world, "--top-p", "2")):
         assert main(argv) == 2
         assert "grid:" not in capsys.readouterr().err
 
@@ -264,7 +271,33 @@ def test_disk_full_keeps_the_old_output_and_says_disk_full(world, tmp_path, caps
         after = snapshot(disk)
     assert rc == 2, err
     assert "disk full" in err and "result" + ext in err and "Traceback" not in err
-    assert after == before      # the old result byte-identical, no temporary files left
+    # The old result byte-identical, no temporary files left; the finished-tiles folder beside the
+    # output is kept on purpose (for --resume).
+    assert {k: v for k, v in after.items() if not k.startswith(f"result{ext}.tiles")} == before
+
+
+@pytest.mark.parametrize("leave", [0, 8192], ids=["full", "nearly-full"])
+@pytest.mark.parametrize("ext", [".gpkg", ".shp", ".geojson"])
+def test_writer_on_a_full_disk_says_so_and_keeps_the_old_file(tmp_path, ext, leave):
+    """Nearly full, GDAL reports a Shapefile as written and leaves 0-byte .shp/.shx/.dbf: reading the
+    new file back before it replaces anything is what catches that."""
+    from backend.errors import InputError
+
+    polys = [shapely.box(499_900 + 30 * i, 4_056_800, 499_920 + 30 * i, 4_056_900) for i in range(3)]
+    attrs = [{"query": "schools", "name": f"new {i}", "refined": True} for i in range(3)]
+    with tmpfs(tmp_path / "full", "512k") as disk:
+        out = str(disk / f"result{ext}")
+        _existing_result(out)
+        fill(disk, leave)
+        before = snapshot(disk)
+        try:
+            write_entities(out, polys, attrs, CRS.from_epsg(32650), overwrite=True)
+        except InputError as exc:
+            assert re.match(r"disk full: cannot write .*result" + re.escape(ext), str(exc))
+            assert snapshot(disk) == before
+        else:       # it fitted: then it must be whole (a small GeoJSON fits in the last pages)
+            assert leave and pyogrio.read_info(out, force_feature_count=True)["features"] == 3
+            assert ext == ".geojson"     # a Shapefile's five parts and a GeoPackage never fit here
 
 
 def test_disk_full_while_writing_the_preview_keeps_the_old_preview(world, tmp_path, capsys):

@@ -67,6 +67,11 @@ def check_writable(path: str, option: str) -> None:
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a folder: give a file name, e.g. {os.path.join(path, 'result.gpkg')}"
                          if option == "--out" else f"{option} {path} is a folder: give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"{option} {path}: {parent} is a file, not a folder; choose another {option}")
     folder = _existing_ancestor(path)
     try:
         fd, probe = tempfile.mkstemp(prefix=".socioseg-probe-", dir=folder)
