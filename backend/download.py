@@ -18,7 +18,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import socket
 import ssl
 import threading
 import time
@@ -35,7 +34,6 @@ PARTIAL = ".partial"
 CHUNK = 1 << 20
 # When a repo has safetensors weights, the same weights in other formats are dead weight on disk.
 DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf")
-REACH_TIMEOUT = 3.0
 
 
 def _emit(line: str) -> None:
@@ -53,21 +51,17 @@ def _endpoint() -> str:
 
 
 def check_online(endpoint: str) -> None:
-    """Fail at once, with one short timeout, instead of hanging in retries when there is no network."""
+    """Fail at once, with one short timeout (the same probe as model loading), instead of hanging in
+    retries when there is no network."""
+    from .hub import hub_reachable
+
     if _offline_env():
         raise ModelNotFoundError("offline: HF_HUB_OFFLINE is set, so nothing can be downloaded. Unset it, or "
                                  "download the model on a machine with internet access and enter its folder "
                                  "in Settings.")
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return  # only the proxy knows whether the hub is reachable; the request's own timeout decides
-    url = urlparse(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=REACH_TIMEOUT).close()
-    except OSError as exc:
-        raise ModelNotFoundError(f"offline: cannot reach {endpoint} ({exc.strerror or exc}). Connect to the "
-                                 "internet and press Download again, or download the model elsewhere and enter "
-                                 "its folder in Settings.") from None
+    if not hub_reachable():
+        raise ModelNotFoundError(f"offline: cannot reach {endpoint}. Connect to the internet and press Download "
+                                 "again, or download the model elsewhere and enter its folder in Settings.")
 
 
 def _network_errors() -> tuple:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 from dataclasses import dataclass
 
-WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+from ..backend.hub import WEIGHT_PATTERNS, looks_local    # standard library only: safe inside QGIS
+
 MARKER = ".socioseg-download.json"        # written by `python -m backend download` when every file is in
-HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def models_dir(data: str) -> str:
@@ -21,7 +20,7 @@ def models_dir(data: str) -> str:
 
 
 def is_hub_id(ref: str) -> bool:
-    return bool(HF_ID.match(ref or "")) and not os.path.exists(os.path.expanduser(ref))
+    return bool(ref) and "/" in ref and not looks_local(ref)
 
 
 def folder_for(ref: str, models: str) -> str:
@@ -35,7 +34,11 @@ def segmenter_model(spec: str) -> tuple[str, str | None]:
     kind = kind.lower()
     if kind == "sam":
         return kind, rest.partition(":")[2] or None
-    return kind, (rest or None) if kind == "sam2" else None
+    if kind == "sam2":
+        from ..backend.segmenters.sam2 import DEFAULT_SAM2    # numpy at most: safe inside QGIS
+
+        return kind, rest or DEFAULT_SAM2
+    return kind, None
 
 
 def complete_folder(path: str) -> str | None:
@@ -64,7 +67,7 @@ def complete_folder(path: str) -> str | None:
             return f"unreadable {os.path.basename(index[0])}"
         lost = sorted(s for s in shards if not os.path.exists(os.path.join(path, s)))
         return f"weight shard {lost[0]} missing" if lost else None
-    if not any(glob.glob(os.path.join(path, w)) for w in WEIGHTS):
+    if not any(glob.glob(os.path.join(glob.escape(path), w)) for w in WEIGHT_PATTERNS):
         return "no weight files in the folder"
     return None
 

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from helpers import ROOT
-from plugin import deps, environment as env, models
+from plugin import deps, environment as env
 
 
 def test_real_interpreter_found_for_each_layout():
@@ -96,7 +96,9 @@ def test_status_of_the_environment(tmp_path):
     assert env.status(venv).state == "outdated"
 
 
-def test_model_presence(tmp_path, monkeypatch):
+def test_model_presence(tmp_path, monkeypatch, plugin_pkg):
+    from socioseg.plugin import models
+
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     folder = str(tmp_path / "models")
     missing = models.model_status("vvangfaye/SocioReasoner-3B", folder, "Vision-language model")
@@ -123,6 +125,7 @@ def test_model_presence(tmp_path, monkeypatch):
     kind, ref = models.segmenter_model("sam2:facebook/sam2-hiera-large")
     assert kind == "sam2" and models.model_status(ref, folder, "Segmenter").path == str(snap)
     assert models.segmenter_model("grabcut") == ("grabcut", None)
+    assert models.segmenter_model("sam2") == ("sam2", "facebook/sam2-hiera-large")
     assert models.segmenter_model("sam:vit_h:/m/sam_vit_h.pth") == ("sam", "/m/sam_vit_h.pth")
     assert models.model_status(None, folder, "Segmenter").present
     # the panel's reason for not offering the vision-language engine names the button
