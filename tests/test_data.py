@@ -62,19 +62,26 @@ def test_parquet_hub_layout(tmp_path):
     assert list(data.skipped) == ["1"]               # the mask of x2 has the wrong size
 
 
-def test_gt_boxes_in_model_pixels():
+def test_gt_boxes_as_released_and_the_model_view():
     m = np.zeros((768, 768), bool)
     m[100:200, 300:500] = True
-    m[700:703, 0:3] = True                            # 9 px: below the contour-area floor
+    m[700:703, 0:3] = True                            # contour area 4 px: below the floor of 10
+    m[400:405, 600:606] = True                        # contour area 20 px: kept
+    assert sorted(gt_boxes(m)) == [[300, 100, 500, 200], [600, 400, 606, 405]]   # exclusive ends
     from training.data import Sample
     s = Sample("s", "q", None, np.zeros((768, 768, 3), np.uint8), np.zeros((768, 768, 3), np.uint8), m)
     map_m, sat_m, mask_m = model_view(s)
-    assert mask_m.shape == (756, 756) and map_m.shape == (756, 756, 3)
-    boxes = gt_boxes(mask_m)
-    assert len(boxes) == 1
-    x1, y1, x2, y2 = boxes[0]
-    assert x1 == pytest.approx(300 * 756 / 768, abs=1.5) and x2 == pytest.approx(499 * 756 / 768, abs=1.5)
-    assert y1 == pytest.approx(100 * 756 / 768, abs=1.5) and y2 == pytest.approx(199 * 756 / 768, abs=1.5)
+    assert mask_m.shape == (756, 756) and map_m.shape == (756, 756, 3) and sat_m.shape == (756, 756, 3)
+
+
+def test_ground_truth_is_any_nonzero_grey(tmp_path):
+    d = _write(tmp_path, "a")
+    m = np.zeros((64, 80), np.uint8)
+    m[0:4, 0:5] = 1                                   # faint anti-aliased edge: still ground truth
+    m[10:12, 10:12] = 255
+    Image.fromarray(m).save(d / "mask.png")
+    sample = SocioSegData(str(tmp_path), "test").get(0)
+    assert sample.mask.sum() == 20 + 4
 
 
 def test_unreachable_hub_id_says_what_to_give(tmp_path):

@@ -33,25 +33,27 @@ class Sample:
     mask: np.ndarray        # H x W bool
 
 
-def _rgb(value) -> np.ndarray:
+def _image(value) -> Image.Image:
     if isinstance(value, Image.Image):
-        img = value
-    elif isinstance(value, dict) and value.get("bytes") is not None:
-        img = Image.open(io.BytesIO(value["bytes"]))
-    elif isinstance(value, dict) and value.get("path"):
-        img = Image.open(value["path"])
-    elif isinstance(value, (str, os.PathLike)):
-        img = Image.open(value)
-    else:
-        raise ValueError(f"not an image: {type(value).__name__}")
-    return np.asarray(img.convert("RGB"))
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return Image.open(io.BytesIO(value["bytes"]))
+    if isinstance(value, dict) and value.get("path"):
+        return Image.open(value["path"])
+    if isinstance(value, (str, os.PathLike)):
+        return Image.open(value)
+    raise ValueError(f"not an image: {type(value).__name__}")
+
+
+def _rgb(value) -> np.ndarray:
+    return np.asarray(_image(value).convert("RGB"))
 
 
 def _mask(value) -> np.ndarray:
-    arr = np.asarray(_rgb(value) if not isinstance(value, np.ndarray) else value)
-    if arr.ndim == 3:
-        arr = arr.max(axis=2)
-    return arr > 127
+    """Ground truth as the released code reads it: the image converted to L, any non-zero pixel."""
+    return np.asarray(_image(value).convert("L")) > 0
 
 
 def _level(record: dict) -> str | None:
@@ -149,12 +151,15 @@ def model_view(sample: Sample, frame=None) -> tuple[np.ndarray, np.ndarray, np.n
     return resize_rgb(sample.map_image, mh, mw), resize_rgb(sample.sat_image, mh, mw), mask
 
 
-def gt_boxes(mask: np.ndarray, min_area: float = 10.0) -> list[list[float]]:
-    """Inclusive pixel boxes of the mask's connected components whose contour area exceeds `min_area`."""
+def gt_boxes(mask: np.ndarray, min_area: float = 10.0) -> list[list[int]]:
+    """Boxes of the mask's connected components whose contour area exceeds `min_area`, as released:
+    `[x, y, x + w, y + h]` of cv2.boundingRect (exclusive ends), in the mask's own pixels. GRPO takes
+    them from the ORIGINAL-resolution mask although the model answers in its resized pixels (that is
+    what the released checkpoint was rewarded against)."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     boxes = []
     for c in contours:
         if cv2.contourArea(c) > min_area:
             x, y, w, h = cv2.boundingRect(c)
-            boxes.append([float(x), float(y), float(x + w - 1), float(y + h - 1)])
-    return sorted(boxes)
+            boxes.append([int(x), int(y), int(x + w), int(y + h)])
+    return boxes

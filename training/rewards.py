@@ -1,132 +1,274 @@
-"""The rewards of SocioReasoner's released training code (and the paper-text variants).
+"""The GRPO rewards of SocioReasoner's released training code, input for input, and its advantages.
 
 Stage 1 (boxes): format + accuracy + length; stage 2 (points): format + accuracy (mask IoU) + length.
-Boxes are in the model's input pixels. See ../shared/reference/socioreasoner.md for the formulas.
+The formulas and their edge cases are in ../shared/reference/socioreasoner.md ("Rewards"). These
+functions follow the released code's behaviour on every input, malformed ones included, because that
+behaviour is what the released checkpoint was trained on. So, unlike the tolerant parser used at
+inference (backend/pipeline/prompts.py): no strip before the format check, no answer without
+`<answer>` tags, and whatever made the released code raise inside a term scores that term's fallback.
+
+Coordinates: predicted boxes are in the model's input pixels (756 for a 768 tile) while the
+ground-truth boxes come from the ORIGINAL mask (`training.data.gt_boxes`), as released.
+
+One divergence, on purpose: a box list whose numbers do not fit in 64 bits (numpy makes an object
+array of it, which the released code would still compare) scores 0 accuracy here.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
 from backend.evaluation.metrics import mask_iou
 from backend.pipeline.prompts import ANSWER_RE, THINK_ANSWER_RE
 
-MAX_BOXES = 120
-VARIANTS = ("code", "paper")
+MAX_BOXES = 120               # matching only: the length term counts every box
+VARIANTS = ("code", "paper")  # code: the released training code; paper: the paper's text
+# The released worker decodes with special tokens and removes exactly these before scoring.
+END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<pad>")
+# The format term and the box terms read the answer with surrounding whitespace outside the group;
+# the stage-2 length term uses ANSWER_RE and .strip().
+_ANSWER_TRIMMED_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+_NO_JSON = object()
+REWARD_CLIP = ADVANTAGE_CLIP = 10.0   # the released config's reward_clip and advantage_clip
 
 
-def format_ok(completion: str) -> bool:
-    return bool(THINK_ANSWER_RE.fullmatch(completion.strip()))
+def clean_response(text: str) -> str:
+    """The response as the released reward worker scores it (end-of-text tokens removed, no strip)."""
+    for tok in END_TOKENS:
+        text = text.replace(tok, "")
+    return text
 
 
-def answer_list(text: str):
-    """The JSON list inside <answer> tags (or `text` itself when it has no tags); None if not a list."""
-    m = ANSWER_RE.search(text)
-    raw = m.group(1) if m else text
-    try:
-        value = json.loads(raw.strip())
-    except (ValueError, RecursionError):
+def answer_text(response: str) -> str:
+    """Stage 1's answer as the released pipeline hands it to stage 2: inside the first <answer> tags,
+    .strip()ped; "" when there are none."""
+    m = ANSWER_RE.search(response)
+    return m.group(1).strip() if m else ""
+
+
+def _answer_json(text: str):
+    """The JSON value between the first <answer> tags; None without tags, _NO_JSON if not JSON."""
+    m = _ANSWER_TRIMMED_RE.search(text)
+    if m is None:
         return None
-    return value if isinstance(value, list) else None
+    try:
+        return json.loads(m.group(1))
+    except (ValueError, RecursionError):
+        return _NO_JSON
 
 
-def _numbers(v, n):
-    return (isinstance(v, list) and len(v) == n
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+def think_format(text: str) -> float:
+    return 1.0 if THINK_ANSWER_RE.fullmatch(text) else 0.0
 
 
-def _is_box_item(item) -> bool:
-    return isinstance(item, dict) and set(item) == {"bbox_2d"} and _numbers(item["bbox_2d"], 4)
+def stage1_format(text: str) -> float:
+    """1 for the think/answer layout, plus the share of answer items that are exactly {"bbox_2d": [4]}.
+    The second part is 0 for a non-list or empty answer, and for a list holding any non-object."""
+    base = think_format(text)
+    data = _answer_json(text)
+    if not isinstance(data, list) or not data or not all(isinstance(it, dict) for it in data):
+        return base
+    good = sum(1 for it in data
+               if set(it) == {"bbox_2d"} and isinstance(it["bbox_2d"], list) and len(it["bbox_2d"]) == 4)
+    return base + good / len(data)
 
 
-def box_iou_inclusive(a, b) -> float:
-    """IoU of pixel boxes whose corners are both inside (+1 on widths and heights)."""
-    ix = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    iy = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    inter = max(0.0, ix) * max(0.0, iy)
-    area = lambda r: max(0.0, r[2] - r[0] + 1) * max(0.0, r[3] - r[1] + 1)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return inter / union if union > 0 else 0.0
+def _box_values(data):
+    """The `bbox_2d` values of every item, or None when an item is not an object with that key."""
+    if isinstance(data, (str, dict)) and not data:
+        return []            # iterating "" or {} yields nothing: zero boxes
+    if not isinstance(data, list) or not all(isinstance(it, dict) and "bbox_2d" in it for it in data):
+        return None
+    return [it["bbox_2d"] for it in data]
 
 
-def stage1_rewards(completion: str, gt_boxes: list[list[float]], variant: str = "code") -> dict:
-    """{'format', 'accuracy', 'length', 'total'} of a stage-1 (boxes) completion."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}")
-    fmt_match = format_ok(completion)
-    items = answer_list(completion)
-    fmt = float(fmt_match)
-    if items:
-        fmt += sum(_is_box_item(it) for it in items) / len(items)
-    gt = [list(map(float, b)) for b in gt_boxes][:MAX_BOXES]
-    if items is None:
-        acc = length = 0.0
-    else:
-        pred = [list(map(float, it["bbox_2d"])) for it in items
-                if isinstance(it, dict) and _numbers(it.get("bbox_2d"), 4)][:MAX_BOXES]
-        K, J = len(pred), len(gt)
-        if K and J:
-            iou = np.array([[box_iou_inclusive(p, g) for g in gt] for p in pred])
-            if variant == "paper":
-                r, c = linear_sum_assignment(-iou)
-                acc = float((iou[r, c] > 0.5).sum()) / max(K, J)
-            else:
-                l1 = np.array([[np.mean(np.abs(np.subtract(p, g))) for g in gt] for p in pred])
-                cost = 2.0 - (iou > 0.5) - (l1 < 10.0)
-                r, c = linear_sum_assignment(cost)
-                acc = float(len(r) - cost[r, c].sum()) / max(K, J)
-        else:
-            acc = 0.0
-        if J == 0:
-            length = 1.0 if K == 0 else 0.0
-        else:
-            length = math.exp(-2.0 * abs(K - J) / J)
-    total = fmt + acc + length
-    if variant == "paper" and not fmt_match:
+def _box_array(values):
+    """values as a numeric K x 4 array, or None (ragged, not numbers, booleans only, nested...)."""
+    try:
+        arr = np.array(values)
+    except ValueError:                       # ragged lists
+        return None
+    return arr if arr.ndim == 2 and arr.shape[1] == 4 and arr.dtype.kind in "iuf" else None
+
+
+def box_iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """IoU of every predicted box with every GT box, corners inclusive (+1 on sides). Areas are not
+    clamped, and a union below 1e-6 is taken as 1e-6, as released (this matters for inverted boxes)."""
+    p, g = pred[:, None, :], gt[None, :, :]
+    iw = np.maximum(0, np.minimum(p[..., 2], g[..., 2]) - np.maximum(p[..., 0], g[..., 0]) + 1)
+    ih = np.maximum(0, np.minimum(p[..., 3], g[..., 3]) - np.maximum(p[..., 1], g[..., 1]) + 1)
+    inter = iw * ih
+    area_p = (p[..., 2] - p[..., 0] + 1) * (p[..., 3] - p[..., 1] + 1)
+    area_g = (g[..., 2] - g[..., 0] + 1) * (g[..., 3] - g[..., 1] + 1)
+    return inter / np.maximum(area_p + area_g - inter, 1e-6)
+
+
+def stage1_accuracy(text: str, gt_boxes, variant: str = "code") -> float:
+    """Hungarian matching of predicted to GT boxes (each list cut at MAX_BOXES); cost per pair
+    2 - [IoU > 0.5] - [mean |coordinate difference| < 10]; (pairs - cost) / max(K, J). `paper`:
+    matched pairs with IoU > 0.5 over max(K, J)."""
+    data = _answer_json(text)
+    if not data or data is _NO_JSON:
+        return 0.0
+    values = _box_values(data)
+    pred = _box_array(values) if values else None
+    gt = np.array(gt_boxes).reshape(-1, 4)
+    if pred is None or not len(gt):
+        return 0.0
+    pred, gt = pred[:MAX_BOXES], gt[:MAX_BOXES]
+    with np.errstate(all="ignore"):          # inf / nan coordinates simply fail both tests
+        iou = box_iou_matrix(pred, gt)
+        if variant == "paper":
+            rows, cols = linear_sum_assignment(-np.nan_to_num(iou))
+            return float((iou[rows, cols] > 0.5).sum()) / max(len(pred), len(gt))
+        close = np.abs(pred[:, None, :] - gt[None, :, :]).mean(axis=2) < 10
+        cost = 2.0 - (iou > 0.5) - close
+    rows, cols = linear_sum_assignment(cost)
+    return float(len(rows) - cost[rows, cols].sum()) / max(len(pred), len(gt))
+
+
+def stage1_length(text: str, gt_boxes) -> float:
+    """1 if there are no GT boxes and none predicted; 0 if none exist but some are predicted; else
+    exp(-2 |K - J| / J) over ALL predicted boxes. 0 when the boxes cannot be read."""
+    data = _answer_json(text)
+    if data is None or data is _NO_JSON:
+        return 0.0
+    values = _box_values(data)
+    if values is None:
+        return 0.0
+    try:
+        k = len(np.array(values))
+    except ValueError:                       # ragged box lists
+        return 0.0
+    j = len(gt_boxes)
+    if j == 0:
+        return 1.0 if k == 0 else 0.0
+    return math.exp(-2.0 * abs(k - j) / j)
+
+
+def _points_inside(box, ref_box, points) -> bool:
+    """Whether an item's points are [x, y] pairs strictly inside its box and the box is stage 1's.
+    Evaluated in the released order: a bad point still has its coordinates compared, so a point that
+    cannot be indexed or compared raises (TypeError, IndexError, KeyError) and zeroes the caller."""
+    ok = ref_box == box
+    for p in points:
+        if not isinstance(p, list) or len(p) != 2:
+            ok = False
+        x, inside = p[0], False
+        if not (x <= box[0] or x >= box[2]):
+            y = p[1]
+            inside = not (y <= box[1] or y >= box[3])
+        if not inside:
+            return False
+    return ok
+
+
+def stage2_format(text: str, bboxes_text: str) -> float:
+    """1 for the think/answer layout, plus the share of items repeating stage 1's box at the same index
+    with `points` strictly inside it; 0 for that part when the counts differ or anything is malformed."""
+    base = think_format(text)
+    data = _answer_json(text)
+    if data is None or data is _NO_JSON:
+        return base
+    try:
+        ref = json.loads(bboxes_text.replace("'", '"'))
+    except (ValueError, RecursionError):
+        return base
+    if not data or not isinstance(data, list) or not isinstance(ref, list) or len(ref) != len(data):
+        return base
+    good = 0
+    try:
+        for it, r in zip(data, ref):
+            ref_box = r["bbox_2d"]
+            if not isinstance(it, dict):
+                return base
+            box, pts = it.get("bbox_2d"), it.get("points")
+            if ("bbox_2d" in it and "points" in it and isinstance(box, list) and len(box) == 4
+                    and isinstance(pts, list)):
+                good += _points_inside(box, ref_box, pts)
+    except (TypeError, KeyError, IndexError):
+        return base
+    return base + good / len(data)
+
+
+def stage2_length(text: str, ideal: int = 2, sigma: float = 2.0) -> float:
+    """Mean over answer items of exp(-(n - 2)^2 / 8), n = len(points); items without points add 0."""
+    m = ANSWER_RE.search(text)
+    if m is None:
+        return 0.0
+    try:
+        data = json.loads(m.group(1).strip())
         total = 0.0
-    return {"format": fmt, "accuracy": acc, "length": length, "total": total}
+        for it in data:
+            if "points" in it:               # an item without points counts, adding nothing
+                total += math.exp(-((len(it["points"]) - ideal) ** 2) / (2 * sigma ** 2))
+        return total / len(data) if data else 0.0
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return 0.0
 
 
-def stage2_rewards(completion: str, stage1_answer: str, pred_mask, gt_mask, variant: str = "code") -> dict:
-    """{'format', 'accuracy', 'length', 'total'} of a stage-2 (points) completion.
+def stage2_accuracy(pred_mask, gt_mask) -> float:
+    """IoU of the final mask with the GT mask at the original resolution; 0 if the sizes differ or
+    the union is empty."""
+    pred, gt = np.asarray(pred_mask), np.asarray(gt_mask)
+    if pred.shape != gt.shape:
+        return 0.0
+    return mask_iou(pred, gt, empty=0.0)
 
-    `stage1_answer` is stage 1's answer (its completion, or the raw text inside its <answer> tags);
-    `pred_mask` the segmenter's final mask from this completion, `gt_mask` the ground truth.
+
+def _check(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"reward variant must be one of {VARIANTS}, not {variant!r}")
+
+
+def stage1_rewards(response: str, gt_boxes, variant: str = "code") -> dict:
+    """{'format', 'accuracy', 'length', 'total'} of a stage-1 (boxes) response (decoded text)."""
+    _check(variant)
+    text = clean_response(response)
+    r = {"format": stage1_format(text), "accuracy": stage1_accuracy(text, gt_boxes, variant),
+         "length": stage1_length(text, gt_boxes)}
+    gated = variant == "paper" and not think_format(text)
+    r["total"] = 0.0 if gated else r["format"] + r["accuracy"] + r["length"]
+    return r
+
+
+def stage2_rewards(response: str, bboxes_text: str, pred_mask, gt_mask, variant: str = "code") -> dict:
+    """{'format', 'accuracy', 'length', 'total'} of a stage-2 (points) response.
+
+    `bboxes_text` is what stage 1 handed over (`answer_text(stage1_response)`); `pred_mask` the final
+    mask resized to the ground truth's (original) size with nearest neighbour; `gt_mask` boolean.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}")
-    fmt_match = format_ok(completion)
-    items = answer_list(completion) or []
-    ref = answer_list(stage1_answer) or []
-    fmt = float(fmt_match)
-    if items and len(items) == len(ref):
-        good = 0
-        for it, r in zip(items, ref):
-            if not (isinstance(it, dict) and isinstance(r, dict) and _numbers(it.get("bbox_2d"), 4)
-                    and it.get("bbox_2d") == r.get("bbox_2d")):
-                continue
-            x1, y1, x2, y2 = it["bbox_2d"]
-            pts = it.get("points")
-            if isinstance(pts, list) and pts and all(_numbers(p, 2) and x1 < p[0] < x2 and y1 < p[1] < y2
-                                                     for p in pts):
-                good += 1
-        fmt += good / len(items)
-    lengths = []
-    for it in items:
-        pts = it.get("points") if isinstance(it, dict) else None
-        lengths.append(math.exp(-((len(pts) - 2) ** 2) / (2 * 2.0 ** 2)) if isinstance(pts, list) and pts else 0.0)
-    length = float(np.mean(lengths)) if lengths else 0.0
-    acc = mask_iou(pred_mask, gt_mask, empty=0.0)
-    total = fmt + acc + length
-    if variant == "paper" and not fmt_match:
-        total = 0.0
-    return {"format": fmt, "accuracy": acc, "length": length, "total": total}
+    _check(variant)
+    text = clean_response(response)
+    r = {"format": stage2_format(text, bboxes_text), "accuracy": stage2_accuracy(pred_mask, gt_mask),
+         "length": stage2_length(text)}
+    gated = variant == "paper" and not think_format(text)
+    r["total"] = 0.0 if gated else r["format"] + r["accuracy"] + r["length"]
+    return r
 
 
-def group_advantages(rewards, group: int, eps: float = 1e-4) -> np.ndarray:
-    """(r - mean) / (std + eps) within consecutive groups of `group` rollouts of the same sample."""
-    r = np.asarray(rewards, np.float64).reshape(-1, group)
-    return ((r - r.mean(axis=1, keepdims=True)) / (r.std(axis=1, keepdims=True) + eps)).reshape(-1)
+def released_totals(rewards: list[dict]) -> torch.Tensor:
+    """Per-sequence totals as the released pipeline holds them: float16 terms summed in float16
+    (format + length + accuracy), clipped to +-REWARD_CLIP."""
+    def t(key):
+        return torch.tensor([r[key] for r in rewards], dtype=torch.float16)
+    return torch.clamp(t("format") + t("length") + t("accuracy"), -REWARD_CLIP, REWARD_CLIP)
+
+
+def group_advantages(totals, group: int) -> np.ndarray:
+    """(r - mean) / (unbiased std + 1e-6) within consecutive groups of `group` rollouts of one sample
+    (one call per stage), in the rewards' own dtype as released, then clipped to +-ADVANTAGE_CLIP."""
+    if group < 2:
+        raise ValueError("GRPO needs at least 2 rollouts per group")
+    r = torch.as_tensor(totals)
+    if not r.is_floating_point():
+        r = r.double()
+    r = r.reshape(-1, group)
+    r = r - r.mean(dim=-1, keepdim=True)
+    r = r / (torch.std(r, dim=-1, keepdim=True) + 1e-6)
+    return torch.clamp(r, -ADVANTAGE_CLIP, ADVANTAGE_CLIP).reshape(-1).float().numpy()
