@@ -65,11 +65,15 @@ def interior_points(mask: np.ndarray, n: int = 2) -> list[tuple[float, float]]:
 
 
 def spread_points(mask: np.ndarray, n: int, edge_px: int = 4) -> list[tuple[float, float]]:
-    """Up to `n` points on a regular lattice over a mask, at least `edge_px` inside its edge. The map
+    """Up to `n` points on a regular lattice over a mask, at least `edge_px` (and half a lattice step)
+    inside its edge. The map
     says exactly where the place is; points all over it tell the segmenter that the whole shape,
     not only its middle, is foreground (an L-shaped school yard, a park around a pond)."""
     if n <= 0 or mask is None or not mask.any():
         return []
+    # Half a lattice step from the edge: a segmenter that reads the lattice as "the object covers
+    # each point's half-step neighbourhood" then stays inside the outline.
+    edge_px = max(edge_px, int(np.ceil(0.5 * np.sqrt(mask.sum() / n))))
     inner = cv2.erode(mask.astype(np.uint8), np.ones((2 * edge_px + 1,) * 2, np.uint8)).astype(bool)
     count = int(inner.sum())
     if count == 0:
