@@ -168,3 +168,25 @@ def test_seam_crossing_entity_is_one_polygon(tmp_path):
     e = det.entities[0]
     assert e.attrs["tiles"] == "tile_0_0,tile_0_1"
     assert e.geometry.symmetric_difference(entity).area < 0.02 * entity.area
+
+
+@pytest.mark.parametrize("epsg, metre", [(32650, 1.0), (4326, 1 / 111_320), (2263, 1 / 0.3048006096)])
+def test_default_resolution_is_about_a_metre_in_the_crs_units(epsg, metre):
+    """Metres, degrees and US survey feet: the default pixel is ~1 m on the ground in every CRS."""
+    crs = CRS.from_epsg(epsg)
+    ll = (116.99, 36.65, 117.01, 36.67) if epsg != 2263 else (-74.01, 40.70, -73.99, 40.72)
+    from rasterio.warp import transform_bounds
+    bounds = transform_bounds("EPSG:4326", crs, *ll)
+    g = geo.plan_grid([(crs, bounds)], crs=crs)
+    assert g.resolution == pytest.approx(metre, rel=1e-3)
+    assert 1500 < g.width < 2600     # ~1.8-2.2 km at ~1 m per pixel
+
+
+def test_a_damaged_raster_block_names_the_file(tmp_path):
+    t = Affine(1, 0, 500_000, 0, -1, 4_057_000)
+    p = write_raster(tmp_path / "sat.tif", np.full((256, 256, 3), 90, np.uint8), "EPSG:32650", t)
+    data = p.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) * 2 // 3])
+    g = geo.plan_grid([geo.raster_footprint(str(tmp_path / "cut.tif"))])
+    with pytest.raises(InputError, match=r"cut\.tif .*damaged, truncated"):
+        geo.read_on_grid(str(tmp_path / "cut.tif"), g)
