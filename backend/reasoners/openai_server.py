@@ -28,7 +28,6 @@ from .qwen import GenerationSettings
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "SOCIOSEG_API_KEY"
-EXTRA_FIELDS = ("top_k", "repetition_penalty", "generation_config")
 
 
 @dataclass
@@ -117,6 +116,7 @@ class OpenAIReasoner(SmartResize):
         self.model = settings.model or self._discover()
         self._refused: set[str] = set()
         self._lock = threading.Lock()
+        self.tokens_generated = 0       # as the server reports them (usage.completion_tokens)
         self.concurrency = settings.concurrency
         self.name = f"openai:{url}#{self.model}"
 
@@ -148,28 +148,33 @@ class OpenAIReasoner(SmartResize):
         extra = {k: v for k, v in params.pop("extra_body").items() if k not in self._refused}
         return {**params, "extra_body": extra} if extra else params
 
-    def _refused_fields(self, exc) -> set[str]:
-        """Our non-OpenAI fields that a strict server names in its refusal (`transformers serve`
-        answers 422 "Unexpected fields", OpenAI itself 400 "Unrecognized request argument")."""
+    @staticmethod
+    def _refused_fields(exc, sent: dict) -> set[str]:
+        """Our non-OpenAI fields of this request that a strict server names in its refusal
+        (`transformers serve` answers 422 "Unexpected fields", OpenAI itself 400 "Unrecognized
+        request argument")."""
         msg = _detail(exc)
-        return {k for k in EXTRA_FIELDS if k in msg and k not in self._refused}
+        return {k for k in sent.get("extra_body", {}) if k in msg}
 
     def generate(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> str:
         openai = self._openai
         messages = user_message(map_image, sat_image, text)
         try:
             while True:
+                params = self._params()
                 try:
-                    resp = self.client.chat.completions.create(model=self.model, messages=messages, **self._params())
+                    resp = self.client.chat.completions.create(model=self.model, messages=messages, **params)
                     break
                 except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                    refused = self._refused_fields(exc)
+                    refused = self._refused_fields(exc, params)
                     if not refused:
                         raise
                     with self._lock:
+                        new = refused - self._refused
                         self._refused |= refused
-                    log.warning("the model server at %s does not accept %s; sent without (it uses its own "
-                                "value there)", self.url, ", ".join(sorted(refused)))
+                    if new:
+                        log.warning("the model server at %s does not accept %s; sent without (it uses its own "
+                                    "value there)", self.url, ", ".join(sorted(new)))
         except openai.APIConnectionError:
             raise InputError(f"lost the model server at {self.url} (after {self.settings.max_retries} retries): "
                              "check that it runs") from None
@@ -184,6 +189,9 @@ class OpenAIReasoner(SmartResize):
         except openai.APIStatusError as exc:
             raise InputError(f"the model server at {self.url} failed ({exc.status_code}) after "
                              f"{self.settings.max_retries} retries: {_detail(exc)[:200]}") from None
+        if resp.usage is not None:
+            with self._lock:
+                self.tokens_generated += resp.usage.completion_tokens or 0
         return full_text(resp.choices[0].message)
 
     def stage1(self, view: TileView, prompt: str) -> Reply:

@@ -122,6 +122,7 @@ class QwenReasoner(QwenChat):
         self.model = net.to(self.device).eval()
         self.generation = generation or GenerationSettings()
         self.name = f"qwen:{model}"
+        self.tokens_generated = 0
 
     @classmethod
     def from_loaded(cls, model, processor, generation: GenerationSettings | None = None,
@@ -133,6 +134,7 @@ class QwenReasoner(QwenChat):
         self.dtype = next(model.parameters()).dtype
         self.generation = generation or GenerationSettings()
         self.name = name
+        self.tokens_generated = 0
         return self
 
     def generation_record(self) -> dict:
@@ -153,6 +155,7 @@ class QwenReasoner(QwenChat):
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs, pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
+        self.tokens_generated += int((new != tok.pad_token_id).sum())
         return [tok.decode(row, skip_special_tokens=True) for row in new]
 
     def generate(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> str:

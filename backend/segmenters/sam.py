@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from functools import partial
 
 import numpy as np
 
@@ -15,17 +14,17 @@ CHECKPOINT_HINT = ("download one of the official checkpoints (vit_h: sam_vit_h_4
                    "repository's README and pass --segmenter sam:vit_h:/path/to/sam_vit_h_4b8939.pth")
 
 
+# Architectures beside segment-anything's own, registered by whoever needs them (the self-test adds
+# its deliberately tiny one); name -> builder taking `checkpoint=`.
+EXTRA_ARCHITECTURES: dict = {}
+
+
 def _registry() -> dict:
     try:
         from segment_anything import sam_model_registry
-        from segment_anything.build_sam import _build_sam
     except ImportError as exc:
         raise DependencyError(f"segment-anything is not installed ({exc}): pip install segment-anything") from None
-    reg = dict(sam_model_registry)
-    # A deliberately tiny architecture for offline self-tests; never a useful segmenter.
-    reg["vit_tiny"] = partial(_build_sam, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1,
-                              encoder_global_attn_indexes=[0])
-    return reg
+    return {**sam_model_registry, **EXTRA_ARCHITECTURES}
 
 
 _EMBED_DIMS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b", 32: "vit_tiny"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-
+from functools import partial
 
 from ..pipeline.prompts import stage1_prompt, stage2_prompt
 from ..resources import resource
@@ -161,12 +161,24 @@ def build_tiny_sam2(seed: int = 0):
     return Sam2Model(cfg).eval(), Sam2Processor(image_processor=Sam2ImageProcessor())
 
 
+def register_tiny_sam() -> None:
+    """Make `sam:vit_tiny:CHECKPOINT` loadable: a one-block, 32-wide ViT encoder, never a useful
+    segmenter, kept out of the production registry until the self-test asks for it."""
+    from segment_anything.build_sam import _build_sam
+
+    from ..segmenters.sam import EXTRA_ARCHITECTURES
+
+    EXTRA_ARCHITECTURES["vit_tiny"] = partial(_build_sam, encoder_embed_dim=32, encoder_depth=1,
+                                              encoder_num_heads=1, encoder_global_attn_indexes=[0])
+
+
 def build_tiny_sam(path: str, seed: int = 0) -> str:
-    """Save a `vit_tiny` segment-anything checkpoint at `path`."""
+    """Save a `vit_tiny` segment-anything checkpoint at `path` (and register the architecture)."""
     import torch
 
     from ..segmenters.sam import _registry
 
+    register_tiny_sam()
     torch.manual_seed(seed)
     model = _registry()["vit_tiny"](checkpoint=None)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
