@@ -7,7 +7,8 @@ rasterio, shapely, pyproj or torch, whose GDAL / GEOS / PROJ would clash with QG
 The scene folder the plugin writes and the worker reads:
 
     request.json    a `SceneRequest`: grid, tile plan, query, task, engines, generation settings,
-                    and the names of the files below (relative to the folder)
+                    model-server options (never its API key: that is in the worker's environment,
+                    API_KEY_ENV), and the names of the files below (relative to the folder)
     satellite.tif   RGBA GeoTIFF on the grid (alpha 0 = no data), rendered by QGIS tile by tile
     map.tif         RGBA GeoTIFF on the grid: the map layers as QGIS draws them
     features.gpkg   optional: the vector map layers' features over the area, in the grid's CRS
@@ -40,6 +41,13 @@ MAP_FILE = "map.tif"
 FEATURES_FILE = "features.gpkg"
 TASK_LEVELS = ("name", "class", "function")
 TILES_START = 0.1     # the worker's progress fraction when the engines are loaded and tile work begins
+# The model server's API key reaches the worker only through this environment variable (never through
+# the scene folder, which is a plain temporary folder); reasoners/openai_server.py reads it.
+API_KEY_ENV = "SOCIOSEG_API_KEY"
+# ServerSettings fields (reasoners/openai_server.py) besides the URL, with the check each value needs.
+SERVER_KEYS = {"model": "a served model name or null", "concurrency": "a whole number of at least 1",
+               "timeout": "a number of seconds above 0", "max_retries": "a whole number of at least 0",
+               "api_key_env": "the name of an environment variable"}
 
 
 class RequestError(InputError):
@@ -87,6 +95,7 @@ class SceneRequest:
     map_features: str | None = None        # a vector file (every layer is read), or None for a raster map
     map_masks_coverage: bool = True        # raster maps: the map's alpha limits where detection runs
     protocol: int = PROTOCOL
+    server: dict = field(default_factory=dict)       # SERVER_KEYS for an openai: reasoner; never the key
 
     @classmethod
     def planned(cls, grid: GridSpec, query: str, task: str | None, plan: TilePlan, **kw) -> "SceneRequest":
@@ -136,13 +145,14 @@ class SceneRequest:
         coverage = v.get("map_masks_coverage")
         if not isinstance(coverage, bool) and "map_masks_coverage" not in v.missing:
             v.problems.append("'map_masks_coverage' must be true or false")
+        server = v.server("server", d.get("server", {}))     # optional: absent for in-process engines
         tiles = v.get("tiles")
         if grid_ok:   # tiles can only be checked against a sound grid
             tiles = v.tiles("tiles", tiles, width, height)
         v.raise_if_any()
         return cls(GridSpec(crs_wkt, transform, width, height), query.strip(), task, plan, tiles,
                    engines["reasoner"], engines["segmenter"], engines["device"], dict(generation),
-                   files["satellite"], files["map_image"], features, coverage, protocol)
+                   files["satellite"], files["map_image"], features, coverage, protocol, server)
 
     def write(self, folder: str) -> str:
         os.makedirs(folder, exist_ok=True)
@@ -386,6 +396,34 @@ class _Validator:
                 return []
             out.append(tile)
         return out
+
+    def server(self, name: str, value) -> dict:
+        """Model-server options: every unknown key and bad value named (an 'api_key' above all: the key
+        travels in the worker's environment only)."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problems.append(f"'{name}' must be an object of model-server options")
+            return {}
+        unknown = sorted(set(value) - set(SERVER_KEYS))
+        if unknown:
+            secret = [k for k in unknown if "key" in k.lower() and k != "api_key_env"]
+            self.problems.append(f"unknown model-server option(s) {', '.join(unknown)} in '{name}' (known: "
+                                 f"{', '.join(SERVER_KEYS)})" + (f"; an API key must never be written into the "
+                                                                 f"scene folder, it goes in {API_KEY_ENV}" if secret else ""))
+        for key, want in SERVER_KEYS.items():
+            x = value.get(key)
+            if key not in value or (key == "model" and x is None):
+                continue
+            number = isinstance(x, (int, float)) and not isinstance(x, bool)
+            ok = {"model": isinstance(x, str) and bool(x.strip()),
+                  "concurrency": number and isinstance(x, int) and x >= 1,
+                  "timeout": number and math.isfinite(x) and x > 0,
+                  "max_retries": number and isinstance(x, int) and x >= 0,
+                  "api_key_env": isinstance(x, str) and x.strip() != ""}[key]
+            if not ok:
+                self.problems.append(f"'{name}.{key}' must be {want}, not {x!r}")
+        return {k: v for k, v in value.items() if k in SERVER_KEYS}
 
     def _missing(self, name: str) -> None:
         if name not in self.missing:

@@ -135,7 +135,7 @@ def run_scene(folder: str, req: contract.SceneRequest | None = None) -> contract
               flush=True)
 
     print(contract.progress_line(0.02, 0, total, "loading engines"), flush=True)
-    reasoner = build_reasoner(req.reasoner, req.device, generation)
+    reasoner = build_reasoner(req.reasoner, req.device, generation, req.server or None)
     segmenter = build_segmenter(req.segmenter, req.device)
     progress(0.0, "engines loaded")          # the tile clock starts here, not before the model loads
     handler = _Warnings()

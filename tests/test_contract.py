@@ -101,6 +101,9 @@ BAD = [
     ("tile outside the grid", lambda f, d: _dump(f, _edit(d, "tiles", [[0, 0, 0, 0, 99999, 10]])), "outside"),
     ("unknown engine", lambda f, d: _dump(f, _edit(d, "reasoner", "gpt")), "unknown reasoner"),
     ("unknown generation field", lambda f, d: _dump(f, _edit(d, "generation", {"beams": 3})), "beams"),
+    ("API key in the request", lambda f, d: _dump(f, _edit(d, "server", {"api_key": "sk-1"})), "never be written"),
+    ("bad server option", lambda f, d: _dump(f, _edit(d, "server", {"concurrency": 0})),
+     "'server.concurrency' must be a whole number of at least 1"),
     ("other protocol", lambda f, d: _dump(f, _edit(d, "protocol", 99)), "different versions"),
     ("path outside the folder", lambda f, d: _dump(f, _edit(d, "satellite", "../x.tif")), "inside the scene folder"),
     ("missing satellite file", lambda f, d: os.remove(f / contract.SATELLITE_FILE), "lacks satellite.tif"),
@@ -150,6 +153,30 @@ def test_request_round_trips_and_lines_survive_newlines():
     assert "\n" not in line
     assert contract.parse_line(contract.error_line("a\nb")) == contract.Message("ERROR", "a\nb")
     assert contract.parse_line("Some library chatter") is None
+
+
+def test_server_options_round_trip_and_every_bad_one_is_named():
+    from dataclasses import fields
+
+    from backend.reasoners.openai_server import API_KEY_ENV, ServerSettings
+    assert set(contract.SERVER_KEYS) == {f.name for f in fields(ServerSettings)} - {"base_url"}
+    assert contract.API_KEY_ENV == API_KEY_ENV          # the plugin sets the variable the reasoner reads
+    grid = contract.GridSpec("WKT", (2.0, 0.0, 10.0, 0.0, -2.0, 50.0), 900, 700)
+    req = contract.SceneRequest.planned(grid, "schools", None, contract.TilePlan(), reasoner="openai:http://gpu:8000/v1",
+                                        server={"model": "socioreasoner", "concurrency": 8, "timeout": 30.0,
+                                                "max_retries": 0})
+    d = json.loads(json.dumps(req.to_dict()))
+    assert contract.SceneRequest.from_dict(d) == req
+    del d["server"]                                     # in-process engines may leave it out
+    assert contract.SceneRequest.from_dict(d).server == {}
+    d["server"] = {"api_key": "sk-1", "base_url": "x", "model": "", "concurrency": True, "timeout": -1,
+                   "max_retries": 1.5}
+    with pytest.raises(contract.RequestError) as err:
+        contract.SceneRequest.from_dict(d)
+    text = str(err.value)
+    assert "api_key, base_url" in text and f"it goes in {contract.API_KEY_ENV}" in text
+    for key in ("model", "concurrency", "timeout", "max_retries"):
+        assert f"'server.{key}' must be" in text, key
 
 
 def test_too_many_tiles_are_refused_when_planned():
