@@ -14,7 +14,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinB
 
 from . import deps
 from .layers import default_map_layers, default_satellite, is_result
-from .settings import ENGINE_DEFAULT, ENGINE_VLM, PluginSettings
+from .settings import ENGINE_DEFAULT, ENGINE_VLM, VLM_SERVER, PluginSettings
 from .task import TAG, DetectParams, DetectTask
 
 CLASS_PRESETS = ["schools", "parks", "hospitals", "universities", "kindergartens", "train stations",
@@ -31,19 +31,26 @@ def vlm_unavailable_reason(settings: PluginSettings) -> str | None:
     """Why the vision-language engine cannot run in the backend's Python, or None."""
     from .worker_client import missing_in_worker, worker_python
 
+    server = settings.vlm_where == VLM_SERVER
+    if server and not settings.server_url.strip():
+        return "Type the model server's address under Plugins > SocioSeg > Settings > Model server > URL."
     python = worker_python(settings.python)
     modules = {**deps.BASE_MODULES, **deps.VLM_MODULES}
+    if server:     # the model is remote; only a SAM segmenter needs torch here
+        modules = {**deps.BASE_MODULES, "openai": "openai",
+                   **(deps.VLM_MODULES if not settings.segmenter.startswith("grabcut") else {})}
     if settings.segmenter.startswith("sam:"):
         modules.update(deps.SAM_MODULES)
     missing = missing_in_worker(python, modules)
     if missing is None:
         return f"The backend's Python ({python}) cannot be started: set one in the plugin settings."
     if missing:
-        return deps.explain_missing(missing, "The vision-language engine", python)
+        return deps.explain_missing(missing, "The model-server engine" if server else "The vision-language engine",
+                                    python)
     from .environment import data_dir
     from .models import missing_models_reason, models_dir
 
-    return missing_models_reason(settings.vlm_model, settings.segmenter, models_dir(data_dir()))
+    return missing_models_reason("" if server else settings.vlm_model, settings.segmenter, models_dir(data_dir()))
 
 
 def help_url() -> str:
@@ -288,7 +295,9 @@ class FindPanel(QDockWidget):
         default = QStandardItem("Map reader + GrabCut (no weights)")
         default.setData(ENGINE_DEFAULT, Qt.UserRole)
         default.setToolTip("Reads the map's features or colours; a baseline, not the paper's method")
-        vlm = QStandardItem(f"SocioReasoner ({self.settings.vlm_model}) + {self.settings.segmenter.split(':')[0].upper()}")
+        where = (f"on {self.settings.server_url.strip() or 'a model server'}" if self.settings.vlm_where == VLM_SERVER
+                 else f"({self.settings.vlm_model})")
+        vlm = QStandardItem(f"SocioReasoner {where} + {self.settings.segmenter.split(':')[0].upper()}")
         vlm.setData(ENGINE_VLM, Qt.UserRole)
         reason = vlm_unavailable_reason(self.settings)
         if reason:
@@ -360,7 +369,7 @@ class FindPanel(QDockWidget):
         return DetectParams(self.sat_combo.currentLayer(), self.map_layers(), self.query.currentText().strip(),
                             TASKS[self.task_combo.currentIndex()][1], self.chosen_extent(),
                             QgsProject.instance().crs(), self.resolution.value(), reasoner, segmenter, s.device,
-                            s.generation(), s.tile_plan(), s.python)
+                            s.generation(), s.tile_plan(), s.python, s.server_options(), s.server_authcfg)
 
     def input_problem(self, p: DetectParams) -> str | None:
         """What to choose before a run can start, naming the control."""
@@ -374,6 +383,13 @@ class FindPanel(QDockWidget):
             return "The Satellite layer is also checked as a Map layer: uncheck it under Map layers."
         if p.extent is None:
             return "Choose an Area: a layer under 'Extent of a layer', or draw a rectangle."
+        if p.reasoner.startswith("openai:") and p.server_authcfg:
+            from ..backend.errors import InputError
+            from .server_settings import key_env
+            try:      # here, on the main thread, where QGIS can ask for the master password
+                key_env(p.server_authcfg)
+            except InputError as exc:
+                return f"{exc}."
         return None
 
     def run_or_cancel(self) -> None:
@@ -392,8 +408,27 @@ class FindPanel(QDockWidget):
 
             offer_setup(self, problem, on_ready=self.run_or_cancel)
             return
+        if not self.confirmed(p):
+            return
         self.save_choices()
         self.start(DetectTask(p, self._finished))
+
+    def confirmed(self, p: DetectParams) -> bool:
+        """The tile count within Settings > Max tiles, and a long run confirmed (plugin/estimate.py)."""
+        from ..backend.errors import InputError
+        from .estimate import confirm_run, planned_tiles
+        from .task import plugin_wording
+
+        try:
+            n = planned_tiles(p)
+        except InputError as exc:
+            self.status.setText(plugin_wording(str(exc)))
+            return False
+        if confirm_run(self, n, p.reasoner, self.settings):
+            return True
+        self.status.setText(f"Not started ({n} tiles): choose a smaller Area or a coarser Resolution, or press Run "
+                            "again.")
+        return False
 
     def worker_problem(self) -> str | None:
         """Why the backend worker cannot run (checked once per interpreter), or None."""

@@ -10,6 +10,8 @@ from ..backend.geo.tiles import DEFAULT_MAX_TILES, DEFAULT_OVERLAP, DEFAULT_TILE
 PREFIX = "socioseg/"
 ENGINE_DEFAULT = "default"
 ENGINE_VLM = "vlm"
+VLM_LOCAL = "local"       # the vision-language model runs in the worker (qwen:MODEL)
+VLM_SERVER = "server"     # ... on a model server (openai:URL); see server_settings.py
 
 
 @dataclass
@@ -25,6 +27,13 @@ class PluginSettings:
     replace_previous: bool = True
     python: str = ""       # interpreter of the backend worker; empty: the plugin's .venv or QGIS's Python
     results_folder: str = ""   # where result GeoPackages go; empty: the project's folder
+    vlm_where: str = VLM_LOCAL
+    server_url: str = ""       # e.g. http://gpu-box:8000/v1
+    server_model: str = ""     # the served model's name; empty: the one the server lists
+    server_concurrency: int = 4
+    server_authcfg: str = ""   # id of a QgsAuthManager config holding the API key (never the key itself)
+    confirm_seconds: float = 120.0   # runs estimated longer than this are confirmed first
+    confirm_tiles: int = 20          # ... and runs of this many tiles with an engine not timed here
 
     @classmethod
     def load(cls) -> "PluginSettings":
@@ -60,5 +69,11 @@ class PluginSettings:
     def engine_specs(self, engine: str) -> tuple[str, str]:
         """(reasoner spec, segmenter spec) for the panel's engine choice."""
         if engine == ENGINE_VLM:
+            if self.vlm_where == VLM_SERVER:
+                return f"openai:{self.server_url.strip()}", self.segmenter
             return f"qwen:{self.vlm_model}", self.segmenter
         return "mapreader", "grabcut"
+
+    def server_options(self) -> dict:
+        """The request's model-server options (contract.SERVER_KEYS); the key goes in the environment."""
+        return {"model": self.server_model.strip() or None, "concurrency": self.server_concurrency}

@@ -115,6 +115,8 @@ class SettingsDialog(QDialog):
         model_form.addRow(self._row(self.seg_state, self.seg_download))
         self.vlm.editingFinished.connect(self.refresh)
         self.segmenter.editingFinished.connect(self.refresh)
+        from .server_settings import ServerBox
+        self.server_box = ServerBox(s, self.backend_python)
 
         form = QFormLayout()
         form.addRow("Device", self.device)
@@ -131,6 +133,7 @@ class SettingsDialog(QDialog):
         box = QVBoxLayout()
         box.addWidget(env_box)
         box.addWidget(model_box)
+        box.addWidget(self.server_box)
         box.addLayout(form)
         box.addWidget(diag)
         box.addWidget(buttons)
@@ -253,6 +256,7 @@ class SettingsDialog(QDialog):
         s.max_tiles = self.max_tiles.value()
         s.results_folder = self.results_folder.text().strip()
         s.python = self.python.text().strip()
+        self.server_box.store(s)
         s.save()
         super().accept()
 

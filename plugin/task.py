@@ -32,6 +32,10 @@ class DetectParams:
     generation: dict = field(default_factory=dict)     # reasoners.qwen.GenerationSettings fields
     tile_plan: TilePlan = field(default_factory=TilePlan)
     python: str = ""                 # the worker's interpreter; empty: see worker_client.worker_python
+    # An openai: reasoner's options (contract.SERVER_KEYS) and the auth configuration of its API key;
+    # None: the plugin's Settings (Processing and scripts leave them so).
+    server: dict | None = None
+    server_authcfg: str | None = None
 
 
 def log(message: str, level=Qgis.Info) -> None:
@@ -44,6 +48,12 @@ CONTROLS = [(", a legend file with that class (--legend),", ","), (" (--legend)"
             ("--reasoner qwen", "Engine: SocioReasoner"), ("--task class", "Task level: class"),
             ("--task function", "Task level: function"), ("--task name", "Task level: name"),
             ("--max-tiles", "Settings > Max tiles"), ("--resolution", "Resolution"), ("--bbox", "Area"),
+            ("--reasoner openai:URL, e.g. http://gpu-box:8000/v1", "Settings > Model server > URL"),
+            ("its URL: --reasoner openai:http://gpu-box:8000/v1", "its URL: type it under Settings > Model server > URL"),
+            ("e.g. --reasoner openai:", "Settings > Model server > URL, e.g. "),
+            ("in the SOCIOSEG_API_KEY environment variable", "under Settings > Model server > API key"),
+            ("--served-model", "Settings > Model server > Served model"),
+            ("--concurrency", "Settings > Model server > Requests in flight"),
             ("--task", "Task level"), ("--reasoner", "Engine"),
             ("--segmenter", "Settings > Segmenter"), ("--device", "Settings > Device")]
 
@@ -66,6 +76,14 @@ def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -
         if progress:
             progress(frac, msg)
 
+    server, extra_env = {}, {}
+    if params.reasoner.startswith("openai:"):      # before rendering: a missing key is said at once
+        from .server_settings import key_env
+        from .settings import PluginSettings
+
+        s = PluginSettings.load()
+        server = dict(params.server) if params.server is not None else s.server_options()
+        extra_env = key_env(params.server_authcfg if params.server_authcfg is not None else s.server_authcfg)
     try:
         folder = tempfile.mkdtemp(prefix="socioseg-scene-")
     except OSError as exc:
@@ -78,7 +96,8 @@ def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -
                             lambda f: report(CAPTURE_SHARE * f, "rendering the layers"), cancel)
         request = SceneRequest(cap.grid, params.query, params.task, params.tile_plan, cap.tiles,
                                params.reasoner, params.segmenter, params.device, dict(params.generation),
-                               cap.satellite, cap.map_image, cap.map_features, cap.map_masks_coverage)
+                               cap.satellite, cap.map_image, cap.map_features, cap.map_masks_coverage,
+                               server=server)
         request.write(folder)
         report(CAPTURE_SHARE, f"detecting in {len(cap.tiles)} tile(s)")
         clock = Throughput()
@@ -87,7 +106,7 @@ def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -
             rate = clock.update(done, total, time.monotonic()) if total and frac >= TILES_START else ""
             report(CAPTURE_SHARE + (1 - CAPTURE_SHARE) * frac, f"{rate} — {text}" if rate else text)
 
-        return run_worker(worker_python(params.python), folder, worker_progress, cancel, warn)
+        return run_worker(worker_python(params.python), folder, worker_progress, cancel, warn, extra_env)
     except OSError as exc:      # writing the scene: a full disk, a read-only temporary folder
         raise InputError(f"{exc}. The layers are rendered into {tempfile.gettempdir()} before detection: "
                          "free space there, or choose a smaller Area or a coarser Resolution") from None

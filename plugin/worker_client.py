@@ -33,8 +33,10 @@ def worker_python(configured: str = "") -> str:
     return python_executable()
 
 
-def worker_env(python: str) -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def worker_env(python: str, extra: dict | None = None) -> dict:
+    """QGIS's environment for the backend's Python, plus `extra` (the model server's API key: passed this
+    way only, never written into the scene folder)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra or {}))
     if os.path.realpath(python) != os.path.realpath(sys.executable or ""):
         env.pop("PYTHONHOME", None)   # QGIS's own Python home would break another interpreter
     return env
@@ -44,9 +46,10 @@ class WorkerError(RuntimeError):
     """The worker died without a user-level error message (a bug or a broken installation)."""
 
 
-def run_worker(python: str, folder: str, progress=None, cancel=None, warn=None):
+def run_worker(python: str, folder: str, progress=None, cancel=None, warn=None, extra_env: dict | None = None):
     """Run the worker on a scene folder (backend/contract.py), stream its messages; returns its
-    SceneResult. `progress(fraction, done, total, text)`; `warn(text)` for each warning.
+    SceneResult. `progress(fraction, done, total, text)`; `warn(text)` for each warning; `extra_env`
+    is added to its environment (see worker_env).
 
     Raises InputError for problems the user can fix, Cancelled when `cancel()` turns true (the worker
     is terminated), WorkerError otherwise."""
@@ -55,7 +58,7 @@ def run_worker(python: str, folder: str, progress=None, cancel=None, warn=None):
 
     try:
         proc = subprocess.Popen([python, "-m", "backend", "run-scene", folder], cwd=PLUGIN_DIR,
-                                env=worker_env(python), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=worker_env(python, extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, encoding="utf-8", errors="replace")
     except OSError as exc:
         raise WorkerError(f"cannot start the backend's Python {python!r}: {exc}") from None
