@@ -245,6 +245,28 @@ def test_a_run_on_the_server_gets_the_key_only_through_the_worker_environment(pl
     assert "Settings > Model server > API key" in panel.input_problem(task.params)
     panel.disconnect_project()
 
+    # a key the server refuses: the worker's message names the plugin control, not the variable
+    task = DetectTask(_sample_params(sample_dir, f"openai:{recorder['url']}", server={},
+                                     server_authcfg=_auth_config("wrong", "sk-wrong")))
+    assert not task.run()
+    assert f"the model server at {recorder['url']} refused the API key" in task.error, task.error
+    assert "Settings > Model server > API key" in task.error and "SOCIOSEG_API_KEY" not in task.error
+
+
+def test_server_messages_of_the_backend_name_the_plugin_controls():
+    from backend.errors import InputError
+    from backend.reasoners.openai_server import OpenAIReasoner, ServerSettings
+    from socioseg.plugin.task import plugin_wording
+
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    for settings, control in ((ServerSettings(url), "Settings > Model server > URL"),
+                              (ServerSettings("gpu-box:8000"), "Settings > Model server > URL, e.g. http://"),
+                              (ServerSettings(url, concurrency=0), "Settings > Model server > Requests in flight")):
+        with pytest.raises(InputError) as err:
+            OpenAIReasoner(settings)
+        text = plugin_wording(str(err.value))
+        assert control in text and "--" not in text, text
+
 
 @pytest.fixture
 def answer(monkeypatch):
