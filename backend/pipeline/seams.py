@@ -1,11 +1,11 @@
 """Tile masks merged across seams in a band that moves down the grid, places vectorised as they close.
 
 Tiles arrive a tile row at a time. Once a tile row is in, every grid row above the next tile row's top
-is final. A connected region (4-connectivity, as before) whose pixels are all final and that does not
-touch the last final row can grow no more: it is vectorised then, and its rows leave the band. The band
-holds the rows from the top of the oldest still-open region to the bottom of the last tile row: a tile
-height in the usual case, never the whole area unless one place spans it. The polygons, their order
-and their attributes are those of merging the whole-area mask at once (tests/test_streaming.py).
+is final: those rows are labelled (4-connectivity, as before) and leave the band, which so holds at most
+a tile height of full-width rows. A region that touches the last final row may go on below: it is kept
+as an open piece (its own pixels, cropped) and joined to what it touches in the next rows. A place is
+vectorised once nothing of it touches the last final row. The polygons, their order and their
+attributes are those of merging the whole-area mask at once (tests/test_streaming.py).
 """
 from __future__ import annotations
 
@@ -93,6 +93,7 @@ class BandMerger:
         self.band = np.zeros((0, grid.width), bool)
         self.b0 = 0                                           # grid row of the band's first row
         self.live: list[TileRecord] = []                      # records that reach into the band
+        self.pieces: list[tuple[int, int, np.ndarray]] = []   # open places above the band: (row, col, mask)
         self.found: list[tuple[tuple[int, int], Entity]] = []
         self.mask = np.zeros((grid.height, grid.width), bool) if keep_mask else None
         self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -124,27 +125,54 @@ class BandMerger:
         self._close(final, last=nxt is None)
 
     def _close(self, final: int, last: bool) -> None:
-        """Vectorise the regions that lie above `final` and do not touch its row above."""
-        n_final = final - self.b0
-        if n_final <= 0:
+        """Vectorise the regions that are whole once the rows above `final` are final."""
+        n = final - self.b0            # the band starts at the previous `final`
+        if n <= 0:
             return
-        labels, count = ndimage.label(self.band[:n_final])
-        open_labels = set() if last else set(np.unique(labels[n_final - 1]).tolist()) - {0}
-        top = final
-        for k, sl in enumerate(ndimage.find_objects(labels), start=1):
-            if sl is None:
-                continue
-            if k in open_labels:
-                top = min(top, self.b0 + sl[0].start)
-                continue
-            comp = labels[sl] == k
-            self._emit(comp, self.b0 + sl[0].start, sl[1].start)
-            self.band[sl][comp] = False
-        # Rows above every open region are done: they leave the band, and so do the tiles above them.
-        cut = top - self.b0
-        self.band = self.band[cut:].copy() if cut else self.band
-        self.b0 = top
-        self.live = [r for r in self.live if r.tile.y0 + r.tile.height > self.b0]
+        labels, count = ndimage.label(self.band[:n])
+        slices = ndimage.find_objects(labels)
+        # Union-find over this band's regions (1..count) and the open pieces above (count+1+i): a piece's
+        # bottom row is the row just above the band, so it joins the regions it touches across it.
+        parent = list(range(count + 1 + len(self.pieces)))
+
+        def find(i):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i, (r0, c0, m) in enumerate(self.pieces):
+            for lab in np.unique(labels[0, c0:c0 + m.shape[1]][m[-1]]):
+                if lab:
+                    parent[find(count + 1 + i)] = find(int(lab))
+        still_open = set() if last else {find(int(k)) for k in np.unique(labels[n - 1]) if k}
+        groups: dict[int, list[int]] = {}
+        for i in range(1, len(parent)):
+            if i > count or slices[i - 1] is not None:
+                groups.setdefault(find(i), []).append(i)
+        pieces = []
+        for root, members in groups.items():
+            boxes = [(self.pieces[i - count - 1][0], self.pieces[i - count - 1][1],
+                      *self.pieces[i - count - 1][2].shape) if i > count else
+                     (self.b0 + slices[i - 1][0].start, slices[i - 1][1].start,
+                      slices[i - 1][0].stop - slices[i - 1][0].start, slices[i - 1][1].stop - slices[i - 1][1].start)
+                     for i in members]
+            r0, c0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+            comp = np.zeros((max(b[0] + b[2] for b in boxes) - r0, max(b[1] + b[3] for b in boxes) - c0), bool)
+            for i, (br, bc, bh, bw) in zip(members, boxes):
+                part = self.pieces[i - count - 1][2] if i > count else labels[slices[i - 1]] == i
+                comp[br - r0:br - r0 + bh, bc - c0:bc - c0 + bw] |= part
+            if root in still_open:
+                pieces.append((r0, c0, comp))
+            else:
+                self._emit(comp, r0, c0)
+        # The final rows leave the band; open places keep only their own pixels (cropped), and the
+        # tiles above every open place are no longer needed for attributes.
+        self.pieces = pieces
+        self.band = self.band[n:].copy()
+        self.b0 = final
+        top = min([r0 for r0, _, _ in pieces] + [self.b0])
+        self.live = [r for r in self.live if r.tile.y0 + r.tile.height > top]
 
     def _emit(self, comp: np.ndarray, r0: int, c0: int) -> None:
         area = int(comp.sum())
