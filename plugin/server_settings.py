@@ -98,8 +98,9 @@ class ServerBox(QGroupBox):
         self.backend_python = backend_python      # the interpreter typed in the dialog, resolved
         self.where = QComboBox()
         self.where.addItem("In this computer (the Vision-language model above)", VLM_LOCAL)
-        self.where.addItem("On a model server (OpenAI API: vLLM, SGLang, llama.cpp, Ollama, transformers serve)",
-                           VLM_SERVER)
+        self.where.addItem("On a model server (OpenAI API)", VLM_SERVER)
+        self.where.setToolTip("A server of the OpenAI chat-completions API: vLLM, SGLang, llama.cpp's server, "
+                              "Ollama, LM Studio, transformers serve. The segmenter still runs here.")
         self.where.setCurrentIndex(max(0, self.where.findData(s.vlm_where)))
         self.url = QLineEdit(s.server_url)
         self.url.setPlaceholderText("http://gpu-box:8000/v1")
