@@ -87,7 +87,7 @@ def test_embedding_computed_once_per_tile_and_one_call_per_stage(tiny_models, ke
 def test_missing_checkpoints_say_how_to_get_them(tmp_path):
     with pytest.raises(ModelNotFoundError, match="sam_vit_h_4b8939.pth"):
         build_segmenter(f"sam:vit_h:{tmp_path}/missing.pth")
-    with pytest.raises(ModelNotFoundError, match="does not exist"):
+    with pytest.raises(ModelNotFoundError, match="folder .*nope not found"):
         build_segmenter(f"sam2:{tmp_path}/nope")
     with pytest.raises(InputError, match="model type and a checkpoint"):
         build_segmenter("sam:vit_h")
