@@ -131,6 +131,8 @@ def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = Non
     once in threads instead, each tile's stage 2 starting as soon as its coarse mask is rendered;
     the segmenter is shared under a lock."""
     grid = scene.grid
+    if hasattr(reasoner, "prepare"):   # its refusals come before the tile folder is created
+        reasoner.prepare(query, task, scene.map_features)
     store = None
     if tiles_dir:
         store = TileStore(tiles_dir, request_key(
@@ -138,8 +140,6 @@ def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = Non
             size=[grid.width, grid.height], tiles=[[t.x0, t.y0, t.width, t.height] for t in scene.tiles],
             query=query, task=task, reasoner=reasoner.name, segmenter=segmenter.name,
             options=vars(options) if options else None), resume)
-    if hasattr(reasoner, "prepare"):
-        reasoner.prepare(query, task, scene.map_features)
     merger = BandMerger(grid, scene.tiles, query, task, reasoner.name, segmenter.name,
                         getattr(reasoner, "min_area_m2", 0.0), keep_mask)
     n = max(len(scene.tiles), 1)
