@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import time
 from urllib.parse import urlparse
 
 from .errors import ModelNotFoundError
@@ -42,14 +43,23 @@ def _endpoint() -> tuple[str, int]:
     return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
 
 
+_PROBES: dict[tuple[str, int], tuple[float, bool]] = {}
+PROBE_MEMORY_S = 60.0    # a model's processor and weights are loaded back to back: probe once for both
+
+
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection to the hub (or the proxy), with one short timeout."""
+    """One TCP connection to the hub (or the proxy), with one short timeout; remembered for a minute."""
     host, port = _endpoint()
+    seen = _PROBES.get((host, port))
+    if seen and time.monotonic() - seen[0] < PROBE_MEMORY_S:
+        return seen[1]
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            return True
+            ok = True
     except OSError:
-        return False
+        ok = False
+    _PROBES[(host, port)] = (time.monotonic(), ok)
+    return ok
 
 
 def _cached(ref: str) -> bool:
