@@ -113,7 +113,11 @@ def world(tmp_path_factory):
     vlm, vproc = build_tiny_vlm()
     vlm.save_pretrained(w / "vlm")
     vproc.save_pretrained(w / "vlm")
+    shutil.copytree(w / "vlm", w / "vlm_truncated")
+    st = w / "vlm_truncated" / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
     build_tiny_sam(str(w / "sam_tiny.pth"))
+    (w / "sam_truncated.pth").write_bytes((w / "sam_tiny.pth").read_bytes()[:5_000_000])
     return w
 
 
@@ -192,6 +196,10 @@ CASES = [
      [r"holds a sam2 model, not qwen2_5_vl"], []),
     ("sam2-truncated-safetensors", lambda w: sample_args(w, "--segmenter", f"sam2:{w / 'sam2_truncated'}"), 2,
      [r"sam2_truncated/model\.safetensors is damaged or truncated"], []),
+    ("qwen-truncated-safetensors", lambda w: sample_args(w, "--reasoner", f"qwen:{w / 'vlm_truncated'}"), 2,
+     [r"vlm_truncated/model\.safetensors is damaged or truncated"], []),
+    ("sam-checkpoint-truncated", lambda w: sample_args(w, "--segmenter", f"sam:vit_tiny:{w / 'sam_truncated.pth'}"), 2,
+     [r"sam_truncated\.pth is damaged, truncated"], []),
     ("empty-model-folder", lambda w: sample_args(w, "--segmenter", f"sam2:{w / 'empty_model'}"), 2,
      [r"empty_model has no config\.json \(it is empty\)"], ["huggingface-cli download /"]),
     ("relative-model-path-missing", lambda w: sample_args(w, "--reasoner", "qwen:./models/none"), 2,
