@@ -39,21 +39,54 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--segmenter", default=DEFAULT_SEGMENTER,
                    help="grabcut (no weights, default) | sam2[:HF_ID_OR_DIR] | sam:MODEL_TYPE:CHECKPOINT")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
-    g.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per stage")
-    decoding = g.add_mutually_exclusive_group()
-    decoding.add_argument("--sample", action="store_true",
-                          help="sample with the authors' settings (temperature 1.0, top_p 0.8, top_k 100) "
-                               "instead of greedy decoding")
-    decoding.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=0.8)
-    g.add_argument("--top-k", type=int, default=100)
+    g.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per stage (default 2048)")
+    d = p.add_argument_group("decoding (the vision-language model; defaults: the released evaluation's sampling)")
+    d.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    d.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    d.add_argument("--top-p", type=float, default=0.8, help="default 0.8")
+    d.add_argument("--top-k", type=int, default=100, help="default 100")
+    d.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="default 1.0, sent explicitly so that a checkpoint's own default (Qwen: 1.05) does not apply")
+    d.add_argument("--seed", type=int, default=None, help="a seed makes a sampled run repeatable")
+    f = p.add_argument_group("fidelity (where the product departs from the released procedure)")
+    f.add_argument("--strict-json", action="store_true",
+                   help="read answers with json.loads only, as released (default: salvage answers it rejects)")
+    f.add_argument("--keep-coarse", action="store_true",
+                   help="keep the stage-1 mask when stage 2 answers nothing usable (released: an empty mask)")
+    s = p.add_argument_group("throughput")
+    s.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="tiles per batched generate call of the in-process model (default 1)")
+    s.add_argument("--concurrency", type=_positive_int, default=4,
+                   help="requests in flight to a model server (--reasoner openai:URL; default 4)")
+    s.add_argument("--served-model", default=None,
+                   help="the served model's name (default: the one the server lists at /v1/models); the API "
+                        "key is read from SOCIOSEG_API_KEY or OPENAI_API_KEY")
+    s.add_argument("--request-timeout", type=float, default=600.0, help="seconds per server request (default 600)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _generation(args):
     from .reasoners.qwen import GenerationSettings
 
-    return GenerationSettings(args.max_new_tokens, args.sample, args.temperature, args.top_p, args.top_k)
+    return GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def _server(args) -> dict:
+    return {"model": args.served_model, "concurrency": args.concurrency, "timeout": args.request_timeout}
+
+
+def _options(args):
+    from .pipeline.stages import PipelineOptions
+
+    return PipelineOptions(tolerant_parsing=not args.strict_json, keep_coarse_on_failure=args.keep_coarse)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,14 +200,14 @@ def cmd_detect(args) -> int:
     bbox_crs = parse_crs(args.bbox_crs) if args.bbox_crs else None
     t0 = time.perf_counter()
     # The map reader is cheap to build: build it now so that its query and legend checks come first.
-    reasoner = build_reasoner(args.reasoner, args.device, _generation(args)) \
+    reasoner = build_reasoner(args.reasoner, args.device, _generation(args), _server(args)) \
         if parse_reasoner(args.reasoner).kind == "mapreader" else None
     if reasoner is not None and hasattr(reasoner, "spec"):
         reasoner.spec(args.query, args.task)
     scene = load_scene(args.satellite, args.map, crs=crs, resolution=args.resolution, bbox=args.bbox,
                        bbox_crs=bbox_crs, tile_size=args.tile_size, overlap=args.overlap,
                        max_tiles=args.max_tiles)
-    reasoner = reasoner or build_reasoner(args.reasoner, args.device, _generation(args))
+    reasoner = reasoner or build_reasoner(args.reasoner, args.device, _generation(args), _server(args))
     segmenter = build_segmenter(args.segmenter, args.device)
     g = scene.grid
     print(f"grid: {g.width} x {g.height} px at {g.resolution:.6g} {_units(g.crs)}/px in "
@@ -203,6 +236,7 @@ def cmd_detect(args) -> int:
         with logging_redirect_tqdm():
             result = detect(scene, args.query, reasoner, segmenter, task=args.task, progress=progress,
                             dump_dir=args.dump, keep_mask=bool(args.truth or args.preview),
+                            options=_options(args), batch_size=args.batch_size,
                             tiles_dir=tiles_dir_for(args.out), resume=args.resume)
     except OSError as exc:   # a full or read-only disk under the dump or the tile folder beside --out
         if exc.errno not in _WRITE_ERRNOS:

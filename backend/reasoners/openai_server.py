@@ -175,11 +175,14 @@ class OpenAIReasoner(SmartResize):
                     if new:
                         log.warning("the model server at %s does not accept %s; sent without (it uses its own "
                                     "value there)", self.url, ", ".join(sorted(new)))
+        except openai.APITimeoutError:
+            raise InputError(f"the model server at {self.url} did not answer within {self.settings.timeout:.0f} s") from None
         except openai.APIConnectionError:
             raise InputError(f"lost the model server at {self.url} (after {self.settings.max_retries} retries): "
                              "check that it runs") from None
-        except openai.APITimeoutError:
-            raise InputError(f"the model server at {self.url} did not answer within {self.settings.timeout:.0f} s") from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError):
+            raise InputError(f"the model server at {self.url} refused the API key: set it in the "
+                             f"{self.settings.api_key_env} environment variable") from None
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             msg = _detail(exc)
             if "image" in msg.lower():
