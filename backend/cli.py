@@ -90,6 +90,7 @@ def _options(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .contract import TASK_LEVELS
     from .geo import grid as geo
 
     ap = argparse.ArgumentParser(prog="python -m backend",
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--map", required=True, help="map raster, or vector map (GeoPackage, GeoJSON, Shapefile)")
     d.add_argument("--query", required=True, help="what to find: a class (schools), a function "
                                                   "(educational) or a name (Jinan Zoo)")
-    d.add_argument("--task", choices=["name", "class", "function"], help="task level of the query")
+    d.add_argument("--task", choices=TASK_LEVELS, help="task level of the query")
     d.add_argument("--out", required=True, help="output file: .gpkg (default format), .shp or .geojson")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     d.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"),

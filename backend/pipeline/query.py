@@ -6,10 +6,10 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from ..contract import TASK_LEVELS
 from ..errors import InputError
 from ..resources import load_json, resource
 
-TASKS = ("name", "class", "function")
 _LEAD = re.compile(r"^(please\s+)?(find|show|detect|locate|segment|search for|where are|where is|get)\s+(me\s+)?"
                    r"(all\s+)?(the\s+)?", re.I)
 
@@ -83,8 +83,8 @@ def resolve_query(query: str, task: str | None = None) -> QuerySpec:
     """Interpret a query; `task` (name / class / function) forces the interpretation."""
     if not query or not query.strip():
         raise InputError("the query is empty: give a class (school), a function (educational) or a name")
-    if task is not None and task not in TASKS:
-        raise InputError(f"unknown task level {task!r}: use one of {', '.join(TASKS)}")
+    if task is not None and task not in TASK_LEVELS:
+        raise InputError(f"unknown task level {task!r}: use one of {', '.join(TASK_LEVELS)}")
     phrase = normalise(_LEAD.sub("", query.strip()))
     if task == "name":
         return QuerySpec(query.strip(), "name")

@@ -17,6 +17,7 @@ from ..geo.grid import Grid
 from ..geo.maprender import render_map
 from .town import SAMPLE_CRS, Town, make_town, render_satellite, truth_mask
 from ..geo.vectormap import Feature, _reproject
+from ..contract import TASK_LEVELS
 
 SAMPLE_SEED = 7
 SAMPLE_SIZE_M = (1600.0, 1100.0)
@@ -89,7 +90,7 @@ def write_sample(out: str) -> dict:
 
 def pick_query(town: Town, rng, level: str | None = None) -> tuple[str, str, list]:
     """A query about the town at a task level (random if None) and the entities that answer it."""
-    level = level or str(rng.choice(["name", "class", "function"]))
+    level = level or str(rng.choice(TASK_LEVELS))
     ents = [e for e in town.entities if not (level == "function" and e.function is None)]
     target = ents[int(rng.integers(len(ents)))]
     if level == "name":
