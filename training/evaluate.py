@@ -57,7 +57,10 @@ def evaluate(data: SocioSegData, reasoner=None, segmenter=None, predictions: str
         if predictions:
             path = os.path.join(predictions, f"{s.id}.png")
             if os.path.exists(path):
-                pred = np.asarray(Image.open(path).convert("L")) > 127
+                try:
+                    pred = np.asarray(Image.open(path).convert("L")) > 127
+                except OSError as exc:
+                    raise SocioSegError(f"--predictions: {path} is not a readable image ({exc})") from None
                 if pred.shape != s.mask.shape:
                     pred = np.asarray(Image.fromarray(pred.astype(np.uint8) * 255).resize(
                         (s.mask.shape[1], s.mask.shape[0]), Image.NEAREST)) > 127
@@ -76,10 +79,25 @@ def evaluate(data: SocioSegData, reasoner=None, segmenter=None, predictions: str
         board.add(pred, s.mask, s.level, time.perf_counter() - t)
         if progress:
             progress(i + 1, len(data))
+    if board.all.summary()["samples"] == 0:
+        raise SocioSegError(f"nothing to score: none of the {len(data)} samples of split {data.split!r} in "
+                            f"{data.source!r} could be read ({len(data.skipped)} corrupt or incomplete); "
+                            "check --data and --split")
     if missing:
         log.warning("%d samples have no prediction file and count as empty", len(missing))
     return {"metrics": board.summary(), "skipped": data.skipped, "missing_predictions": missing,
             "notes": notes}
+
+
+def _finite(value):
+    """NaN and infinities (a level with no timing, say) become null, so the file stays valid JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def main(argv=None) -> int:
@@ -96,6 +114,17 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # cheap checks first: nothing is loaded, run or written when an option is wrong
+    if args.predictions and not os.path.isdir(args.predictions):
+        print(f"error: --predictions {args.predictions}: no such folder (it should hold <id>.png masks)",
+              file=sys.stderr)
+        return 2
+    if os.path.isdir(args.out):
+        print(f"error: --out {args.out} is a folder; give a .json file name", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit must be at least 1, not {args.limit}", file=sys.stderr)
+        return 2
     try:
         data = SocioSegData(args.data, args.split, args.limit)
         reasoner = segmenter = None
@@ -115,8 +144,9 @@ def main(argv=None) -> int:
     result.update({"data": args.data, "split": args.split,
                    "engine": "predictions" if args.predictions else f"{reasoner.name} + {segmenter.name}"})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    text = json.dumps(_finite(result), indent=2, allow_nan=False)     # strict JSON: no NaN
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+        f.write(text)
     print(format_table(result["metrics"]))
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} corrupt or incomplete samples (listed in {args.out})")

@@ -13,8 +13,9 @@ import numpy as np
 
 from backend.pipeline.prompts import Item, format_answer, parse_answer, stage1_prompt
 
-from .config import load_policy, lora_config, run_cli
+from .config import SFTOptions
 from .data import SocioSegData, gt_boxes, model_view
+from .runner import load_policy, lora_config, run_cli
 
 log = logging.getLogger("training.sft")
 
@@ -55,40 +56,45 @@ def examples_for(sample, chat, segmenter, n_points: int, rng) -> list[dict]:
     return [example((map_m, sat_m), stage1_prompt(sample.query), text1), example((map_r, sat_r), p2, text2)]
 
 
-def build(args):
+def build(options: SFTOptions):
+    """(trainer, examples) from checked options: the data is read before the models are loaded."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
     from backend.engines import build_segmenter
     from backend.reasoners.qwen import QwenChat
 
-    device, use_bf16, processor, model = load_policy(args)
-    chat = QwenChat(processor, int(args.min_pixels), int(args.max_pixels))
-    segmenter = build_segmenter(args.segmenter, device)
-    data = SocioSegData(args.data, args.split, int(args.limit) if args.limit else None)
-    rng = np.random.default_rng(int(args.seed))
-    rows = [ex for s in data.samples() for ex in examples_for(s, chat, segmenter, int(args.points), rng)]
-    if not rows:
-        raise RuntimeError(f"no readable sample in split {args.split!r} of {args.data!r}")
+    data = SocioSegData(options.data, options.split, options.limit)
+    if not any(data.get(i) is not None for i in range(len(data))):
+        raise RuntimeError(f"no readable sample in split {options.split!r} of {options.data!r}; check --data "
+                           "and --split")
+    device, use_bf16, processor, model = load_policy(options)
+    chat = QwenChat(processor, options.min_pixels, options.max_pixels)
+    segmenter = build_segmenter(options.segmenter, device)
+    rng = np.random.default_rng(options.seed)
+    rows = [ex for s in data.samples() for ex in examples_for(s, chat, segmenter, options.points, rng)]
     if data.skipped:
         log.warning("%d corrupt or incomplete samples skipped", len(data.skipped))
     config = SFTConfig(
-        output_dir=args.output, num_train_epochs=float(args.epochs), max_steps=int(args.max_steps),
-        per_device_train_batch_size=int(args.batch_size),
-        gradient_accumulation_steps=int(args.gradient_accumulation_steps),
-        learning_rate=float(args.learning_rate), weight_decay=float(args.weight_decay),
-        save_steps=int(args.save_steps), logging_steps=int(args.logging_steps), seed=int(args.seed),
+        output_dir=options.output, num_train_epochs=options.epochs,
+        max_steps=options.max_steps if options.max_steps is not None else -1,
+        per_device_train_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        learning_rate=options.lr(), weight_decay=options.weight_decay,
+        save_steps=options.save_steps, logging_steps=options.logging_steps, seed=options.seed,
         bf16=use_bf16, use_cpu=device == "cpu", report_to=["tensorboard"], completion_only_loss=True,
-        max_length=None, remove_unused_columns=False)
-    peft_config = lora_config(args)
+        gradient_checkpointing=options.gradient_checkpointing, max_length=None, remove_unused_columns=False)
     trainer = SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
-                         processing_class=processor, peft_config=peft_config)
+                         processing_class=processor, peft_config=lora_config(options))
     return trainer, rows
 
 
+def train(trainer, options: SFTOptions) -> None:
+    trainer.train(resume_from_checkpoint=True if options.resume == "last" else options.resume)
+
+
 def main(argv=None) -> int:
-    return run_cli(argv, "sft.yaml", "python -m training.sft", __doc__, build,
-                   lambda trainer, args: trainer.train())
+    return run_cli(argv, SFTOptions, "python -m training.sft", __doc__, build, train)
 
 
 if __name__ == "__main__":
