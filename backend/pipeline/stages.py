@@ -132,7 +132,7 @@ def coarse_and_render(view: TileView, stage1: ParsedAnswer, session: SegmenterSe
     stage-2 text: exactly what the released code builds between its two stages. Shared by inference
     and training."""
     mh, mw = view.model_size
-    segs = session.segment(handle, [Prompt(it.box, it.points) for it in stage1.items])
+    segs = session.segment(handle, stage1.items)
     coarse = union(segs, (mh, mw))
     # The released segmenter hands its mask over at tile size; the render resizes it back.
     shown = resize_nearest(resize_nearest(coarse, *view.original_size), mh, mw)
@@ -226,7 +226,7 @@ def run_batch(views: list[TileView], reasoner: Reasoner, segmenter: Segmenter | 
         t, embedded = time.perf_counter(), handles[i]["seconds"]
         labels1 = r1[i].labels if len(r1[i].labels) == len(a1[i].items) else [""] * len(a1[i].items)
         if usable(a2):
-            segs = session.segment(handles[i], [Prompt(it.box, it.points) for it in a2.items])
+            segs = session.segment(handles[i], a2.items)
             final, refined, kept = union(segs, (mh, mw)), True, False
             labels = labels1 if len(labels1) == len(segs) else [""] * len(segs)
         elif options.keep_coarse_on_failure:

@@ -6,16 +6,16 @@ neighbours' point counts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from ..pipeline.prompts import Item
 
-@dataclass
-class Prompt:
-    box: tuple[float, float, float, float]              # x1, y1, x2, y2 in image pixels
-    points: list[tuple[float, float]] = field(default_factory=list)  # positive points
+
+# A segmenter prompt is an answer item: a box (x1, y1, x2, y2) in image pixels and its positive points.
+Prompt = Item
 
 
 @dataclass
