@@ -137,7 +137,8 @@ WINDOW = (-8.6193, 41.1415, -8.6110, 41.1478)
     ("map_carto.tif", "parks", "class", {"park"}, 0.6),
 ])
 def test_porto_scores_stay_above_their_floors(map_name, query, task, classes, floor):
-    assert _porto_iou(map_name, query, task, classes, WINDOW) >= floor
+    iou = _porto_iou(map_name, query, task, classes, WINDOW)
+    assert iou >= floor, f"{map_name} {query}: IoU {iou:.3f} under {floor}"
 
 
 @needs_porto

@@ -3,8 +3,10 @@
 Each box is cut on a crop around it (so the colour models see local background), points are sure
 foreground, and holes in the result are filled (places are solid areas). A prompt with many points
 (`lattice_min` or more, as the map reader gives) says where the object is: box pixels far from every
-point start as probable background instead of probable foreground. Documented fallbacks, each logged: boxes under `min_side` px come back as the filled box
-(GrabCut has too few pixels to model), crops larger than `max_side` are cut at reduced resolution.
+point start as probable background instead of probable foreground, and points are sure foreground
+over part of the spacing around them. Documented fallbacks, each logged: boxes under `min_side` px
+(GrabCut has too few pixels to model) and boxes that fill the crop with points all over them (nothing
+is background) come back as the filled box; crops larger than `max_side` are cut at reduced resolution.
 """
 from __future__ import annotations
 
@@ -30,10 +32,9 @@ class GrabCutSegmenter:
         self.margin, self.min_side, self.max_side = margin, min_side, max_side
         self.point_radius = point_radius
         self.lattice_min = lattice_min
-        # With a lattice: probable foreground within lattice_reach x its spacing of a point,
-        # probable background elsewhere in the box. (Larger sure-foreground disks were tried on
-        # Porto and gained nothing: GrabCut's errors there are at the edges.)
-        self.lattice_reach = 0.75
+        # With a lattice: sure foreground within lattice_fg x its spacing of a point, probable
+        # foreground within lattice_reach x spacing, probable background elsewhere in the box.
+        self.lattice_reach, self.lattice_fg = 0.75, 0.45
         self._image: np.ndarray | None = None
         self.embed_calls = 0
         self.seconds = 0.0
@@ -76,6 +77,7 @@ class GrabCutSegmenter:
         (ix1, iy1), (ix2, iy2) = to_crop(bx1, by1), to_crop(bx2, by2)
         ix2, iy2 = min(cw, max(ix2, ix1 + 2)), min(ch, max(iy2, iy1 + 2))
         mask[iy1:iy2, ix1:ix2] = cv2.GC_PR_FGD
+        radius = self.point_radius
         if len(prompt.points) >= self.lattice_min:
             # Many points spread over the object (the map reader's lattice): the object is where
             # the points are, so box pixels far from every point start as probable background.
@@ -84,11 +86,21 @@ class GrabCutSegmenter:
             np.fill_diagonal(d, np.inf)
             spacing = float(np.median(d.min(axis=1)))
             reach = max(self.point_radius + 1, int(round(self.lattice_reach * spacing)))
+            # ... and each point is sure foreground over part of the spacing around it, so that an
+            # object's inner parts that look different (a pitch in a school) stay in it even where a
+            # tile edge keeps them from being a hole that is filled.
+            radius = max(self.point_radius, int(self.lattice_fg * spacing))
             near = np.zeros((ch, cw), np.uint8)
             for px, py in pts.astype(int):
                 cv2.circle(near, (int(px), int(py)), reach, 1, -1)
             box = mask == cv2.GC_PR_FGD
             mask[box & (near == 0)] = cv2.GC_PR_BGD
+        if not (mask == cv2.GC_BGD).any() and (mask == cv2.GC_PR_FGD).all():
+            # The box fills the crop and a lattice of points covers all of it (a tile inside a
+            # large place): nothing in the image is background, so the whole box is the object.
+            log.info("grabcut: box %s is covered by its points; using the filled box", prompt.box)
+            full[by1:by2, bx1:bx2] = True
+            return Segmentation(full, None)
         if not (mask == cv2.GC_BGD).any():
             # The box fills the crop (it touches the image border on every side): let a thin frame
             # inside it stand as probable background so GrabCut can learn a background model.
@@ -97,12 +109,15 @@ class GrabCutSegmenter:
             mask[:, :ring] = mask[:, -ring:] = cv2.GC_PR_BGD
         for x, y in prompt.points:
             px, py = to_crop(x, y)
-            cv2.circle(mask, (px, py), self.point_radius, int(cv2.GC_FGD), -1)
+            cv2.circle(mask, (px, py), radius, int(cv2.GC_FGD), -1)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:
             # A box alone (stage 1's coarse mask, only shown back to the reasoner) gets fewer
             # iterations than a box with points (the final mask).
             iterations = self.iterations if prompt.points else self.box_iterations
+            # GrabCut seeds its colour models with k-means on OpenCV's global random generator:
+            # reseed so that a box's cut does not depend on what ran before it.
+            cv2.setRNGSeed(0)
             cv2.grabCut(crop, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
         except cv2.error as exc:
             log.warning("grabcut failed on box %s (%s); using the filled box", prompt.box, exc)
