@@ -20,6 +20,8 @@ class PluginSettings:
     segmenter: str = "sam2:facebook/sam2-hiera-large"
     device: str = "auto"
     max_new_tokens: int = 2048
+    greedy: bool = False       # default: the released evaluation's sampling
+    seed: int = -1             # >= 0 makes a sampled run repeatable; -1: none
     resolution: float = 1.0
     tile_size: int = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
@@ -64,7 +66,8 @@ class PluginSettings:
 
     def generation(self) -> dict:
         """Generation settings for the reasoner (fields of reasoners.qwen.GenerationSettings)."""
-        return {"max_new_tokens": self.max_new_tokens}
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": not self.greedy,
+                "seed": self.seed if self.seed >= 0 else None}
 
     def engine_specs(self, engine: str) -> tuple[str, str]:
         """(reasoner spec, segmenter spec) for the panel's engine choice."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
+from qgis.PyQt.QtWidgets import (QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
                                  QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QPushButton,
                                  QSpinBox, QVBoxLayout)
 
@@ -59,6 +59,15 @@ class SettingsDialog(QDialog):
         self.tokens = QSpinBox()
         self.tokens.setRange(16, 8192)
         self.tokens.setValue(s.max_new_tokens)
+        self.greedy = QCheckBox("Greedy decoding")
+        self.greedy.setChecked(s.greedy)
+        self.greedy.setToolTip("Off (default): sample as the released model was evaluated (temperature 1.0, "
+                               "top_p 0.8, top_k 100). On: the same tile always gives the same answer.")
+        self.seed = QSpinBox()
+        self.seed.setRange(-1, 2**31 - 1)
+        self.seed.setSpecialValueText("none")
+        self.seed.setValue(s.seed)
+        self.seed.setToolTip("A seed makes a sampled run repeatable")
         self.resolution = QDoubleSpinBox()
         self.resolution.setRange(0.05, 100.0)
         self.resolution.setValue(s.resolution)
@@ -121,6 +130,8 @@ class SettingsDialog(QDialog):
         form = QFormLayout()
         form.addRow("Device", self.device)
         form.addRow("Response budget (tokens)", self.tokens)
+        form.addRow("Decoding", self.greedy)
+        form.addRow("Sampling seed", self.seed)
         form.addRow("Default resolution (m/px)", self.resolution)
         form.addRow("Tile size (px)", self.tile)
         form.addRow("Max tiles", self.max_tiles)
@@ -251,6 +262,8 @@ class SettingsDialog(QDialog):
         s.segmenter = self.segmenter.text().strip() or s.segmenter
         s.device = self.device.currentText()
         s.max_new_tokens = self.tokens.value()
+        s.greedy = self.greedy.isChecked()
+        s.seed = self.seed.value()
         s.resolution = self.resolution.value()
         s.tile_size = self.tile.value()
         s.max_tiles = self.max_tiles.value()

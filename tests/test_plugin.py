@@ -479,7 +479,11 @@ def test_settings_dialog_saves_and_diagnostics_come_from_the_backend(plugin_pkg,
         d.python.setText("")
         d.max_tiles.setValue(900)
         d.results_folder.setText("/data/results")
+        assert not d.greedy.isChecked() and PluginSettings.load().generation()["do_sample"]   # released sampling
+        d.greedy.setChecked(True)
+        d.seed.setValue(7)
         d.accept()
+        assert PluginSettings.load().generation() == {"max_new_tokens": 2048, "do_sample": False, "seed": 7}
         assert PluginSettings.load().vlm_model == "/models/SocioReasoner-3B"
         assert PluginSettings.load().tile_plan().max_tiles == 900
         assert PluginSettings.load().results_folder == "/data/results"
