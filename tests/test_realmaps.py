@@ -148,3 +148,16 @@ def test_porto_osm_pbf_runs_the_default_end_to_end():
     det = detect(scene, "Jardim de João Chagas", MapReader(), GrabCutSegmenter(), task="name")
     # the window holds the greater part of the park's 14 800 m2
     assert len(det.entities) == 1 and det.entities[0].attrs["area_m2"] > 5000
+
+
+def test_a_legend_of_fills_only_does_not_flood_the_map(tmp_path):
+    import json
+    from backend.reasoners.legend import Legend, place_mask
+    img = np.full((60, 60, 3), 240, np.uint8)          # an unknown ground colour
+    img[10:30, 10:30] = (200, 250, 204)                 # the park fill
+    img[18:21, 13:27] = (0, 0, 0)                       # a label inside it
+    path = tmp_path / "legend.json"
+    path.write_text(json.dumps({"colours": {"#c8facc": ["park"]}}), encoding="utf-8")
+    legend = Legend(str(path))
+    mask = place_mask(img, legend, legend.colours_for(["park"])[0], 1.0)
+    assert mask[10:30, 10:30].all() and not mask[35:, :].any() and mask.sum() == 400

@@ -103,6 +103,10 @@ def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float) -> np.nda
     place = ndimage.binary_closing(np.pad(seed, bridge + 1), _disk(bridge))[bridge + 1: -bridge - 1,
                                                                              bridge + 1: -bridge - 1]
     place |= seed
+    if not legend.inside and not legend.outside:
+        # A legend that only lists class fills says nothing about what lies between places:
+        # growing over unknown colours would flood the map, so only gaps and holes are closed.
+        return ndimage.binary_fill_holes(place)
     outside = (cat == OUTSIDE) & ~place
     # Patches: connected runs of one category (inside colours and unknown colours apart), not yet place.
     patches = np.zeros(cat.shape, np.int32)
