@@ -41,6 +41,16 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu126"
 
 
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Terminate a child process, and kill it if it has not ended after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
 def data_dir(base: str | None = None) -> str:
     """<QGIS profile>/socioseg: survives plugin updates (the plugin folder does not)."""
     if base is None:
@@ -307,12 +317,7 @@ def run_streaming(argv: list[str], on_line, cancel=None, cwd: str | None = None,
     threading.Thread(target=drain, daemon=True).start()
     while True:
         if cancel is not None and cancel():
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
             proc.stdout.close()
             return -1
         try:

@@ -15,6 +15,7 @@ import sys
 import threading
 
 from .deps import PLUGIN_DIR, python_executable
+from .environment import stop_process
 
 
 def worker_python(configured: str = "") -> str:
@@ -70,12 +71,7 @@ def run_worker(python: str, folder: str, progress=None, cancel=None, warn=None, 
     error = None
     while True:
         if cancel is not None and cancel():
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
             _close(proc)
             raise Cancelled("cancelled by the user")
         try:

@@ -14,8 +14,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.vrt import WarpedVRT
+from rasterio.enums import Resampling
 from rasterio.warp import transform_bounds
 
 from ..errors import InputError
@@ -163,52 +162,14 @@ def plan_grid(footprints: list[tuple[CRS, tuple]], crs: CRS | None = None,
     return Grid(crs, Affine(resolution, 0.0, minx, 0.0, -resolution, maxy), width, height)
 
 
-def _to_uint8(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    if data.dtype == np.uint8:
-        return data
-    values = data[:, valid].astype(np.float64)
-    if values.size == 0:
-        return np.zeros(data.shape, np.uint8)
-    lo, hi = np.percentile(values, 2), np.percentile(values, 98)
-    scale = 255.0 / (hi - lo) if hi > lo else 1.0
-    return np.clip((data.astype(np.float64) - lo) * scale, 0, 255).astype(np.uint8)
-
-
 def read_on_grid(path: str, grid: Grid, resampling: Resampling = Resampling.bilinear
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a raster onto `grid`: (H x W x 3 uint8 RGB, H x W bool valid-pixel mask)."""
+    """A raster resampled onto the whole of `grid`: (H x W x 3 uint8 RGB, H x W bool valid-pixel mask).
+    For small grids (tests, previews); detection reads tile windows through `window.GridRaster`."""
+    from .window import GridRaster   # window builds on this module
+
+    raster = GridRaster(path, grid, resampling)
     try:
-        return _read_on_grid(path, grid, resampling)
-    except rasterio.errors.RasterioError as exc:   # opening, or a damaged block half-way through
-        raise _cannot_read(path, exc) from None
-
-
-def _read_on_grid(path: str, grid: Grid, resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
-    with rasterio.open(path) as src:
-        interp = src.colorinterp
-        colormap = None
-        if src.count == 1 and interp[0] == ColorInterp.palette:
-            colormap = src.colormap(1)
-            resampling = Resampling.nearest  # palette indices must not be averaged
-        alpha = [i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha]
-        add_alpha = not alpha and src.nodata is None
-        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                       height=grid.height, resampling=resampling, add_alpha=add_alpha) as vrt:
-            colour = [i for i in range(1, src.count + 1) if i not in alpha][:3]
-            data = vrt.read(colour)
-            valid = vrt.dataset_mask() > 0
-    if colormap is not None:
-        lut = np.zeros((256, 3), np.uint8)
-        for k, rgba in colormap.items():
-            if 0 <= k < 256:
-                lut[k] = rgba[:3]
-        rgb = lut[data[0]]
-    else:
-        data = _to_uint8(data, valid)
-        if data.shape[0] == 1:
-            data = np.repeat(data, 3, axis=0)
-        elif data.shape[0] == 2:
-            data = np.concatenate([data, data[:1]], axis=0)
-        rgb = np.ascontiguousarray(np.moveaxis(data, 0, -1))
-    rgb[~valid] = 0
-    return rgb, valid
+        return raster.read(0, 0, grid.width, grid.height)
+    finally:
+        raster.close()
