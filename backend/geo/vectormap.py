@@ -146,6 +146,3 @@ class VectorMap:
         log.info("vector map %s: %d features in %d layers", path, len(features), len(layers))
         return cls(features, crs)
 
-    def within(self, bounds) -> list[Feature]:
-        idx = self.tree.query(shapely.box(*bounds))
-        return [self.features[i] for i in sorted(idx)]

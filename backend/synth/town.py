@@ -16,7 +16,6 @@ from rasterio.crs import CRS
 from shapely.geometry import LineString, Point, box
 
 from ..geo.grid import Grid
-from ..geo.maprender import render_map
 from ..geo.raster import rasterize
 from ..geo.vectormap import Feature
 
@@ -276,7 +275,3 @@ def _trees(img, geom, n, grid: Grid, rng) -> None:
 
 def truth_mask(entities: list[Entity], grid: Grid) -> np.ndarray:
     return _mask([e.geometry for e in entities], grid)
-
-
-def render_town_map(town: Town, grid: Grid | None = None) -> np.ndarray:
-    return render_map(town.features, grid or town.grid)
