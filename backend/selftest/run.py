@@ -14,6 +14,8 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
+
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ def sample_scene(tile: int = 768):
 
 def fitting_examples(scene) -> list[tuple]:
     """What the map reader + GrabCut see and answer on the scene's first tile, as VLM targets."""
+    from ..pipeline.prompts import Item, format_answer
     from ..pipeline.render import render_overlay
     from ..pipeline.stages import make_view, run_tile
     from ..reasoners.mapreader import MapReader
@@ -57,11 +60,23 @@ def fitting_examples(scene) -> list[tuple]:
         raise RuntimeError("the map reader found no school on the sample tile")
     im = r.images
     boxes = [it.box for it in r.stage1.items]
-    plain_map = render_overlay(im["map.png"], boxes, None)
-    plain_sat = render_overlay(im["satellite.png"], boxes, None)
-    return [(im["map.png"], im["satellite.png"], r.prompts[0], r.responses[0]),
-            (im["map_rendered.png"], im["satellite_rendered.png"], r.prompts[1], r.responses[1]),
-            (plain_map, plain_sat, r.prompts[1], r.responses[1])]
+    # The released model's habit, two points per box: a short target the tiny model learns in a few
+    # steps (the map reader itself may spread more points for GrabCut).
+    two = [Item(it.box, it.points[:2]) for it in r.stage2.items]
+    answer2 = f"<think>Two points inside each box.</think><answer>{format_answer(two, True)}</answer>"
+    examples = [(im["map.png"], im["satellite.png"], r.prompts[0], r.responses[0]),
+                (im["map_rendered.png"], im["satellite_rendered.png"], r.prompts[1], answer2)]
+    # Stage 2 is also taught on other coarse masks (none, the filled boxes, speckle): the self-test's
+    # random-weight segmenters draw masks unlike GrabCut's, and the answer must not depend on them.
+    h, w = im["map.png"].shape[:2]
+    filled = np.zeros((h, w), bool)
+    for x1, y1, x2, y2 in boxes:
+        filled[int(y1):int(y2) + 1, int(x1):int(x2) + 1] = True
+    speckle = np.random.default_rng(0).random((h, w)) < 0.3
+    for mask in (None, filled, speckle):
+        examples.append((render_overlay(im["map.png"], boxes, mask), render_overlay(im["satellite.png"], boxes, mask),
+                         r.prompts[1], answer2))
+    return examples
 
 
 def run_selftest(models_dir: str | None = None, dump_dir: str | None = None, device: str = "cpu") -> bool:
@@ -70,6 +85,7 @@ def run_selftest(models_dir: str | None = None, dump_dir: str | None = None, dev
     from ..pipeline.detect import detect
     from ..engines import build_reasoner, build_segmenter
     from ..output.vectors import write_detection
+    from ..reasoners.qwen import GenerationSettings
     from .tiny import save_models
 
     t0 = time.perf_counter()
@@ -81,7 +97,8 @@ def run_selftest(models_dir: str | None = None, dump_dir: str | None = None, dev
         print(f"sample tile: {scene.grid.width} x {scene.grid.height} px in {scene.grid.crs}")
         specs = save_models(models_dir, fitting_examples(scene))
         print(f"tiny models built, fitted and saved in {models_dir} ({time.perf_counter() - t0:.0f} s)")
-        reasoner = build_reasoner(specs["reasoner"], device)
+        # Greedy: the tiny model was fitted to one answer; sampling would test luck, not the installation.
+        reasoner = build_reasoner(specs["reasoner"], device, GenerationSettings(do_sample=False))
         for seg_key in ("sam2", "sam"):
             segmenter = build_segmenter(specs[seg_key], device)
             dump = os.path.join(dump_dir, seg_key) if dump_dir else None
