@@ -56,8 +56,9 @@ def town_socioseg(tiny_models, tmp_path_factory):
     for split in ("train", "val"):
         d = root / split / "town_0"
         d.mkdir(parents=True)
-        Image.fromarray(scene.map_image).save(d / "map.png")
-        Image.fromarray(scene.satellite).save(d / "sat.png")
+        satellite, map_image, _ = scene.whole()     # the scene reads its pixels from the files
+        Image.fromarray(map_image).save(d / "map.png")
+        Image.fromarray(satellite).save(d / "sat.png")
         mask = truth_mask_for(os.path.join(SAMPLE_DIR, "truth.gpkg"), scene.grid, "school", None)
         Image.fromarray(mask.astype(np.uint8) * 255).save(d / "mask.png")
         (d / "question.json").write_text(json.dumps({"problem": "school", "task": "class"}))

@@ -11,15 +11,19 @@ G = 4
 
 @pytest.fixture(scope="module")
 def trainer(tiny_models, town_socioseg, tmp_path_factory):
-    from training.config import load_config
+    from training.config import GRPOOptions, parse
     from training.grpo import build
 
-    args = load_config(["--model", tiny_models["reasoner"].split(":", 1)[1], "--segmenter", tiny_models["sam2"],
-                        "--data", town_socioseg, "--num-generations", str(G), "--device", "cpu",
-                        "--output", str(tmp_path_factory.mktemp("grpo")), "--max-completion-length", "160",
-                        "--temperature", "0.7", "--eval-steps", "0"], "grpo.yaml", "test", "test")
+    options = parse(GRPOOptions, ["--model", tiny_models["reasoner"].split(":", 1)[1],
+                                  "--segmenter", tiny_models["sam2"], "--data", town_socioseg,
+                                  "--num-generations", str(G), "--device", "cpu",
+                                  "--output", str(tmp_path_factory.mktemp("grpo")),
+                                  "--max-completion-length", "160", "--temperature", "1.2", "--eval-steps", "0"],
+                    "test", "test")
+    # 1.2: at lower temperatures the fitted tiny model repeats its stage-1 answer, and a group whose
+    # rewards are all equal has zero advantages (nothing to check)
     torch.manual_seed(3)
-    tr, _ = build(args)
+    tr, _ = build(options)
     return tr
 
 
@@ -43,12 +47,12 @@ def _logps(trainer, out, adapter=True):
 
 
 def test_batch_holds_both_stages_with_group_advantages(trainer, batch):
-    from training.rewards import group_advantages
+    from training.rewards import group_advantages, released_totals
     (ro,) = trainer.last_rollouts
     assert len(ro.stage1) == G and len(ro.stage2) == G
     assert batch["completion_ids"].shape[0] == 2 * G and batch["image_grid_thw"].shape[0] == 4 * G
-    want = np.concatenate([group_advantages([s.rewards["total"] for s in ro.stage1], G),
-                           group_advantages([s.rewards["total"] for s in ro.stage2], G)])
+    want = np.concatenate([group_advantages(released_totals([s.rewards for s in ro.stage1]), G),
+                           group_advantages(released_totals([s.rewards for s in ro.stage2]), G)])
     assert np.allclose(batch["advantages"].numpy(), want)
     assert batch["advantages"].max() > 0 and batch["advantages"].min() < 0   # the sampled group varies
 
@@ -61,20 +65,21 @@ def test_loss_logps_match_the_sampling_logps(trainer, batch):
 
 def test_stage2_prompts_and_images_are_the_inference_ones(trainer, batch, tiny_models):
     from affine import Affine
-    from rasterio.crs import CRS
 
-    from backend.geo.grid import Tile
-    from backend.pipeline.stages import run_tile
-    from training.data import model_view
+    from backend.pipeline.stages import PipelineOptions, make_view, run_tile
+    from training.data import gt_boxes, model_view
+    from training.rewards import stage1_rewards
     (ro,) = trainer.last_rollouts
     sample = trainer.socio_data.get(0)
-    h, w = sample.sat_image.shape[:2]
     checked = 0
     for s1, s2 in zip(ro.stage1, ro.stage2):
-        if not parse_answer(s1.text, *s1.images[0].shape[1::-1]).ok:
+        # rewards against the ORIGINAL-resolution ground truth, as released
+        assert s1.rewards == stage1_rewards(s1.text, gt_boxes(sample.mask))
+        if not parse_answer(s1.text, *s1.images[0].shape[1::-1], tolerant=False).items:
             continue
-        r = run_tile(Tile(0, 0, 0, 0, w, h), sample.sat_image, sample.map_image, Affine.identity(),
-                     CRS.from_epsg(3857), "school", None, ScriptedReasoner(s1.text), trainer.segmenter)
+        scripted = ScriptedReasoner(s1.text)
+        view = make_view(sample.map_image, sample.sat_image, "school", scripted, transform=Affine.identity())
+        r = run_tile(view, scripted, trainer.segmenter, PipelineOptions(tolerant_parsing=False))
         assert r.prompts[1] == s2.prompt_text
         assert np.array_equal(r.images["map_rendered.png"], s2.images[0])
         assert np.array_equal(r.images["satellite_rendered.png"], s2.images[1])
@@ -82,6 +87,27 @@ def test_stage2_prompts_and_images_are_the_inference_ones(trainer, batch, tiny_m
     assert checked >= 1
     map_m, sat_m, _ = model_view(sample, trainer.chat)
     assert np.array_equal(ro.stage1[0].images[0], map_m)
+
+
+def test_stage_passes_put_each_stage_in_its_own_updates(trainer, batch, monkeypatch):
+    """--stage-passes: micro-batches of stage-1 sequences first, then stage-2 ones, none mixed (the
+    rollout batch of the `batch` fixture, re-sliced for 4 micro-batches per rollout)."""
+    tok = trainer.processing_class.tokenizer
+    monkeypatch.setattr(trainer, "_generate_and_score_completions", lambda inputs: dict(batch))
+    monkeypatch.setattr(trainer.options, "stage_passes", True)
+    monkeypatch.setattr(trainer.args, "steps_per_generation", 4)
+    monkeypatch.setattr(trainer, "_buffered_inputs", None)
+    trainer.model.train()
+    stages, seen = [], []
+    for step in range(4):
+        monkeypatch.setattr(trainer, "_step", step)
+        part = trainer._prepare_inputs([{"index": 0, "prompt": "school"}] * G)
+        assert part["completion_ids"].shape[0] == 2 and part["image_grid_thw"].shape[0] == 4
+        texts = tok.batch_decode(part["prompt_ids"], skip_special_tokens=True)
+        stages.append({2 if "have been rendered" in t else 1 for t in texts})
+        seen += part["advantages"].tolist()
+    assert stages == [{1}, {1}, {2}, {2}]
+    assert sorted(seen) == sorted(batch["advantages"].tolist())      # every sequence once
 
 
 def test_one_step_moves_lora_only_and_favours_positive_advantages(trainer, batch):
@@ -105,10 +131,10 @@ def test_one_step_moves_lora_only_and_favours_positive_advantages(trainer, batch
     after = (_logps(trainer, batch) * mask).sum(1) / mask.sum(1)
     gain = after - before
     print("log-prob change per sequence", gain.tolist(), "advantages", adv.tolist())
-    # Completions share most tokens, so one step cannot raise every positive one; it must raise the
-    # advantage-weighted log-likelihood, most positive completions, and positives more than negatives.
+    # Completions share most tokens (sampled groups often repeat a completion), so one step cannot raise
+    # every positive one; it must raise the advantage-weighted log-likelihood, and positives more than
+    # negatives.
     assert (adv * gain).sum() > 0
-    assert (gain[adv > 0] > 0).float().mean() > 0.5
     assert gain[adv > 0].mean() > gain[adv < 0].mean()
     assert any(not torch.equal(p, lora[n]) for n, p in model.named_parameters() if n in lora)
     assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
@@ -119,19 +145,45 @@ def test_smoke_command_and_the_backend_loads_its_result(tiny_models, town_socios
     from backend.engines import build_reasoner
     from training.grpo import main
     out = tmp_path / "run"
-    rc = main(["--model", tiny_models["reasoner"].split(":", 1)[1], "--segmenter", tiny_models["sam2"],
-               "--data", town_socioseg, "--max-steps", "2", "--num-generations", "2", "--device", "cpu",
-               "--output", str(out), "--max-completion-length", "160", "--eval-steps", "2",
-               "--eval-samples", "1", "--save-steps", "1"])
-    assert rc == 0
+    common = ["--model", tiny_models["reasoner"].split(":", 1)[1], "--segmenter", tiny_models["sam2"],
+              "--data", town_socioseg, "--num-generations", "2", "--device", "cpu", "--output", str(out),
+              "--max-completion-length", "160"]
+    assert main(common + ["--max-steps", "2", "--eval-steps", "2", "--eval-samples", "1", "--save-steps", "1"]) == 0
     assert (out / "checkpoint-2").is_dir() and (out / "adapter").is_dir()
     assert any(p.name.startswith("events.out.tfevents") for p in out.rglob("*"))
     r = build_reasoner(f"qwen:{out / 'final'}", "cpu")
     assert r.model.__class__.__name__ == "Qwen2_5_VLForConditionalGeneration"
-    rc = main(["--model", tiny_models["reasoner"].split(":", 1)[1], "--segmenter", tiny_models["sam2"],
-               "--data", town_socioseg, "--max-steps", "3", "--num-generations", "2", "--device", "cpu",
-               "--output", str(out), "--max-completion-length", "160", "--eval-steps", "0", "--resume", "last"])
-    assert rc == 0 and (out / "checkpoint-3").is_dir()
+    assert main(common + ["--max-steps", "3", "--eval-steps", "0", "--resume", "last"]) == 0
+    assert (out / "checkpoint-3").is_dir()
+
+
+def test_released_recipe_structure(tiny_models, town_socioseg, tmp_path):
+    """--config released.yaml: full fine-tuning with the vision tower trained, two stage passes per
+    rollout batch (run end to end on the tiny models with the batch sizes scaled down)."""
+    import json
+
+    from training.config import CONFIG_DIR, GRPOOptions, parse
+    from training.grpo import build, main
+    out = tmp_path / "released"
+    argv = ["--config", f"{CONFIG_DIR}/released.yaml", "--model", tiny_models["reasoner"].split(":", 1)[1],
+            "--segmenter", tiny_models["sam2"], "--data", town_socioseg, "--device", "cpu", "--bf16", "false",
+            "--gradient-checkpointing", "false", "--output", str(out), "--num-generations", "2",
+            "--rollout-prompts", "1", "--micro-batch-size", "1", "--mini-batch-size", "2",
+            "--max-completion-length", "48", "--eval-steps", "0", "--save-steps", "100"]
+    options = parse(GRPOOptions, argv + ["--max-steps", "2"], "test", "test")
+    assert (options.lora, options.learning_rate, options.weight_decay, options.beta, options.epsilon,
+            options.stage_passes) == (False, 1e-6, 0.01, 0.005, 0.2, True)
+    assert options.plan(1) == {"per_device_train_batch_size": 1, "steps_per_generation": 2,
+                               "gradient_accumulation_steps": 1}
+    trainer, _ = build(options)
+    visual = [p.requires_grad for n, p in trainer.model.named_parameters() if "visual" in n]
+    assert visual and all(visual) and all(p.requires_grad for p in trainer.model.parameters())
+    del trainer
+    # one rollout batch: a stage-1 update, then a stage-2 update, then the full model as final/
+    assert main(argv + ["--max-steps", "2", "--save-steps", "2"]) == 0
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (out / "final" / "config.json").is_file() and not (out / "adapter").exists()
 
 
 def test_missing_data_is_a_clear_error(tiny_models, tmp_path, capsys):

@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from backend.pipeline.prompts import parse_answer, stage2_prompt
 
@@ -12,7 +13,7 @@ def test_sft_targets_are_gt_boxes_and_three_inside_points(tiny_models, town_soci
     from backend.reasoners.qwen import QwenChat
     from backend.selftest.tiny import build_tiny_vlm
     from training.data import SocioSegData, gt_boxes, model_view
-    from training.rewards import stage2_rewards
+    from training.rewards import answer_text, stage2_rewards
     from training.sft import examples_for
 
     _, proc = build_tiny_vlm()
@@ -28,7 +29,7 @@ def test_sft_targets_are_gt_boxes_and_three_inside_points(tiny_models, town_soci
     assert ex2["prompt"][0]["content"][2]["text"] == stage2_prompt("school", a1.raw)
     a2 = parse_answer(t2, gt.shape[1], gt.shape[0])
     assert all(len(it.points) == 3 for it in a2.items)
-    assert stage2_rewards(t2, t1, gt, gt)["format"] == 1.0      # boxes repeated, points strictly inside
+    assert stage2_rewards(t2, answer_text(t1), gt, gt)["format"] == 1.0   # boxes repeated, points inside
     for it in a2.items:
         for x, y in it.points:
             assert gt[int(y), int(x)]
@@ -66,3 +67,15 @@ def test_evaluate_runs_the_default_and_scores_saved_masks(tmp_path, capsys):
     os.remove(pred / sorted(p for p in os.listdir(pred) if p.endswith(".png"))[0])
     assert main(["--data", str(tmp_path / "data"), "--out", str(out2), "--predictions", str(pred)]) == 0
     assert len(json.loads(out2.read_text())["missing_predictions"]) == 1
+
+
+def test_evaluate_json_is_strict_and_lists_what_was_skipped(tmp_path):
+    from backend.synth.sample import write_socioseg
+    from training.evaluate import main
+    write_socioseg(str(tmp_path / "data"), 2, "test", seed=4)
+    bad = sorted((tmp_path / "data" / "test").iterdir())[0]
+    (bad / "map.png").write_bytes(b"broken")
+    out = tmp_path / "eval.json"
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert res["metrics"]["all"]["samples"] == 1 and list(res["skipped"]) == [bad.name]
