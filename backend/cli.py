@@ -16,18 +16,9 @@ _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 
 
 def _setup_logging(verbose: bool) -> None:
-    """One stderr handler of ours on the root logger (replaced on every call, so that running main()
-    twice in one process, or under a host that has its own handlers, neither doubles nor loses lines)."""
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, "socioseg_cli", False)]:
-        root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.socioseg_cli = True
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    for noisy in ("httpx", "urllib3", "filelock", "PIL", "pyogrio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .logsetup import setup_logging
+
+    setup_logging(logging.INFO if verbose else logging.WARNING)
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:

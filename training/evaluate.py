@@ -19,6 +19,7 @@ from PIL import Image
 
 from backend.errors import SocioSegError
 from backend.evaluation.metrics import Scoreboard, format_table
+from backend.logsetup import setup_logging
 
 from .data import SocioSegData
 
@@ -111,9 +112,13 @@ def main(argv=None) -> int:
     ap.add_argument("--segmenter", default="grabcut")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-new-tokens", type=int, default=2048)
+    ap.add_argument("--greedy", action="store_true",
+                    help="greedy decoding (default: the released evaluation's sampling, temperature 1.0, "
+                         "top_p 0.8, top_k 100, repetition_penalty 1.0)")
+    ap.add_argument("--seed", type=int, default=None, help="makes a sampled evaluation repeatable")
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(logging.WARNING)
     # cheap checks first: nothing is loaded, run or written when an option is wrong
     if args.predictions and not os.path.isdir(args.predictions):
         print(f"error: --predictions {args.predictions}: no such folder (it should hold <id>.png masks)",
@@ -131,7 +136,8 @@ def main(argv=None) -> int:
         if not args.predictions:
             from backend.engines import build_reasoner, build_segmenter
             from backend.reasoners.qwen import GenerationSettings
-            reasoner = build_reasoner(args.reasoner, args.device, GenerationSettings(args.max_new_tokens))
+            reasoner = build_reasoner(args.reasoner, args.device, GenerationSettings(
+                max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, seed=args.seed))
             segmenter = build_segmenter(args.segmenter, args.device)
         from tqdm import tqdm
         bar = tqdm(total=len(data), unit="sample", file=sys.stderr, leave=False)

@@ -9,6 +9,7 @@ import logging
 import sys
 
 from backend.errors import SocioSegError
+from backend.logsetup import setup_logging
 
 from .config import ConfigError, clear_run_folder, parse
 
@@ -73,7 +74,7 @@ def error(message: str) -> int:
 
 def run_cli(argv, option_class, prog: str, description: str, build, train) -> int:
     """Parse and check (exit 2 on a mistake), build the trainer, train, save the final model."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     try:
         options = parse(option_class, argv, prog, description)
     except ConfigError as exc:

@@ -139,6 +139,8 @@ def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = Non
             inputs=scene.inputs, crs=grid.crs.to_wkt(), transform=list(grid.transform)[:6],
             size=[grid.width, grid.height], tiles=[[t.x0, t.y0, t.width, t.height] for t in scene.tiles],
             query=query, task=task, reasoner=reasoner.name, segmenter=segmenter.name,
+            generation=getattr(reasoner, "generation_record", lambda: None)(),
+            input_size=list(reasoner.input_size(scene.tiles[0].height, scene.tiles[0].width)) if scene.tiles else None,
             options=vars(options) if options else None), resume)
     merger = BandMerger(grid, scene.tiles, query, task, reasoner.name, segmenter.name,
                         getattr(reasoner, "min_area_m2", 0.0), keep_mask)

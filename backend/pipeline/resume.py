@@ -95,14 +95,15 @@ class TileStore:
 
     def save(self, rec: TileRecord) -> None:
         p = self.path(rec.tile)
-        tmp = p + ".part.npz"
+        tmp = p + ".part"     # not *.npz: a file left by a killed process is no finished tile
         info = {"names": [n for _, n in rec.names], "scores": [float(s) for s in rec.scores],
                 "notes": list(rec.notes), "n_boxes1": rec.n_boxes1, "n_boxes2": rec.n_boxes2,
                 "refined": bool(rec.refined)}
         arrays = {"mask": np.packbits(rec.mask), "info": np.array(json.dumps(info))}
         arrays.update({f"name{i}": np.packbits(m) for i, (m, _) in enumerate(rec.names)})
         try:
-            np.savez_compressed(tmp, **arrays)
+            with open(tmp, "wb") as f:     # a file object: numpy adds no .npz to the name
+                np.savez_compressed(f, **arrays)
             os.replace(tmp, p)
         except BaseException:
             if os.path.exists(tmp):

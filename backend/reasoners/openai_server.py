@@ -40,15 +40,24 @@ class ServerSettings:
     api_key_env: str = API_KEY_ENV  # the key is read from this environment variable (or OPENAI_API_KEY)
 
 
+_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
 def full_text(message) -> str:
     """The answer as the model wrote it. Servers with a reasoning parser (`transformers serve`, vLLM
-    with --reasoning-parser) move the <think> part into `reasoning_content` / `reasoning`: put it back."""
+    with --reasoning-parser) move the <think> part into `reasoning_content` / `reasoning`: put it back.
+    A think block the model never closed comes back as reasoning with no content (and, from
+    `transformers serve`, with the end-of-turn token still on it)."""
     content = message.content or ""
     extra = message.model_extra or {}
     reasoning = extra.get("reasoning_content") or extra.get("reasoning")
-    if reasoning and "<think>" not in content:
-        return f"<think>{reasoning}</think>{content}"
-    return content
+    if not reasoning or "<think>" in content:
+        return content
+    if not content:
+        for token in _END_TOKENS:
+            reasoning = reasoning.removesuffix(token)
+        return f"<think>{reasoning}"
+    return f"<think>{reasoning}</think>{content}"
 
 
 def _detail(exc) -> str:

@@ -123,6 +123,7 @@ class QwenReasoner(QwenChat):
         self.generation = generation or GenerationSettings()
         self.name = f"qwen:{model}"
         self.tokens_generated = 0
+        self._seeded = False
 
     @classmethod
     def from_loaded(cls, model, processor, generation: GenerationSettings | None = None,
@@ -135,6 +136,7 @@ class QwenReasoner(QwenChat):
         self.generation = generation or GenerationSettings()
         self.name = name
         self.tokens_generated = 0
+        self._seeded = False
         return self
 
     def generation_record(self) -> dict:
@@ -150,8 +152,9 @@ class QwenReasoner(QwenChat):
         tok = self.processor.tokenizer
         tok.padding_side = "left"
         enc = self.encode(pairs).to(self.device)
-        if self.generation.seed is not None:
-            set_seed(self.generation.seed)
+        if self.generation.seed is not None and not self._seeded:
+            set_seed(self.generation.seed)     # once: later calls continue the same random stream
+            self._seeded = True
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs, pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
