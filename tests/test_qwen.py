@@ -94,7 +94,7 @@ def test_fitted_tiny_model_answers_in_the_released_format(tiny_models):
     scene = tiny_models["scene"]
     from backend.selftest.run import fitting_examples
     m, s, prompt, target = fitting_examples(scene)[0]
-    r = build_reasoner(tiny_models["reasoner"], "cpu")
+    r = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(do_sample=False))
     out = r.generate(m, s, prompt)
     assert out == target and parse_answer(out, 756, 756).ok
 
