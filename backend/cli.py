@@ -44,6 +44,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="read answers with json.loads only, as released (default: salvage answers it rejects)")
     f.add_argument("--keep-coarse", action="store_true",
                    help="keep the stage-1 mask when stage 2 answers nothing usable (released: an empty mask)")
+    f.add_argument("--outline", choices=("map", "image"), default="map",
+                   help="where the map reader read a place's outline off the map: take it as the place's "
+                        "outline (map, default) or let the segmenter cut the place from the satellite image "
+                        "(image, as the released procedure does with any reasoner)")
     s = p.add_argument_group("throughput")
     s.add_argument("--batch-size", type=_positive_int, default=1,
                    help="tiles per batched generate call of the in-process model (default 1)")
@@ -77,7 +81,8 @@ def _server(args) -> dict:
 def _options(args):
     from .pipeline.stages import PipelineOptions
 
-    return PipelineOptions(tolerant_parsing=not args.strict_json, keep_coarse_on_failure=args.keep_coarse)
+    return PipelineOptions(tolerant_parsing=not args.strict_json, keep_coarse_on_failure=args.keep_coarse,
+                           outline=args.outline)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,8 +29,12 @@ def scene_folder(tmp_path_factory, sample_dir):
         b = src.bounds
     w, h = int((b.right - b.left) // RES), int((b.top - b.bottom) // RES)
     grid = Grid(crs, Affine(RES, 0, b.left, 0, -RES, b.top), w, h)
-    for name, src in ((contract.SATELLITE_FILE, "satellite.tif"), (contract.MAP_FILE, "map.tif")):
-        rgb, valid = read_on_grid(os.path.join(sample_dir, src), grid)
+    from rasterio.enums import Resampling
+    # QGIS renders a raster map layer with nearest-neighbour resampling by default (the map's colours
+    # stay the legend's), the satellite image as the user set it.
+    for name, src, how in ((contract.SATELLITE_FILE, "satellite.tif", Resampling.bilinear),
+                           (contract.MAP_FILE, "map.tif", Resampling.nearest)):
+        rgb, valid = read_on_grid(os.path.join(sample_dir, src), grid, how)
         write_raster(folder / name, np.dstack([rgb, valid.astype(np.uint8) * 255]), crs, grid.transform)
     spec = contract.GridSpec(crs.to_wkt(), tuple(grid.transform)[:6], w, h)
     req = contract.SceneRequest.planned(spec, "parks", None, contract.TilePlan(256, 32, 64),

@@ -113,3 +113,44 @@ def test_the_default_works_on_a_geographic_grid(sample_dir):
         truth = truth_mask_for(os.path.join(sample_dir, "truth.gpkg"), scene.grid, query, None)
         assert mask_iou(det.mask, truth) > 0.9, query
         assert all(e.attrs["area_m2"] > 50_000 for e in det.entities)   # geodesic m2, not square degrees
+
+
+class _Counting(GrabCutSegmenter):
+    """GrabCut that counts the objects it was asked to cut."""
+    def __init__(self):
+        super().__init__()
+        self.cut = 0
+
+    def segment(self, prompts):
+        self.cut += len(prompts)
+        return super().segment(prompts)
+
+
+def test_outline_map_takes_the_readers_outline_and_image_lets_the_segmenter_cut(vector_scene, sample_dir):
+    from backend.geo.raster import rasterize
+    from backend.pipeline.stages import PipelineOptions
+    from backend.geo.vectormap import VectorMap
+    g = vector_scene.grid
+    truth = VectorMap.read(os.path.join(sample_dir, "map.gpkg"), g.crs)
+    parks = [f.geometry for f in truth.features if f.props.get("leisure") == "park"]
+    map_mask = rasterize(parks, (g.height, g.width), g.transform) & vector_scene.whole()[2]
+    by_map, by_image = _Counting(), _Counting()
+    det_map = detect(vector_scene, "parks", MapReader(), by_map, task="class", keep_mask=True,
+                     options=PipelineOptions(outline="map"))
+    det_img = detect(vector_scene, "parks", MapReader(), by_image, task="class", keep_mask=True,
+                     options=PipelineOptions(outline="image"))
+    assert by_map.cut == 0 and by_image.cut > 0
+    # the map's own polygons, pixel for pixel (the reader rasterises them on the tile grid)
+    assert mask_iou(det_map.mask, map_mask) > 0.995
+    assert mask_iou(det_img.mask, map_mask) < mask_iou(det_map.mask, map_mask)
+
+
+def test_outline_option_is_checked():
+    from backend.pipeline.stages import PipelineOptions
+    with pytest.raises(ValueError, match="outline must be one of map, image"):
+        PipelineOptions(outline="satellite")
+
+
+def test_the_map_reader_reads_the_tile_at_its_own_pixels():
+    # a resize to the model's pixel budget would blend the legend's colours and the labels
+    assert MapReader().input_size(1000, 770) == (1000, 770)

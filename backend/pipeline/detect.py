@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+from rasterio.enums import Resampling
 from scipy import ndimage
 
 from ..errors import InputError
@@ -90,7 +91,7 @@ def load_scene(satellite: str, map_path: str, *, crs=None, resolution: float = g
     try:
         require_valid(sat, "satellite")
         # vmap is already in the grid's CRS (target)
-        map_src = MapWindows(vmap.features, grid) if vector else GridRaster(map_path, grid)
+        map_src = MapWindows(vmap.features, grid) if vector else GridRaster(map_path, grid, Resampling.nearest)
         if not vector:
             require_valid(map_src, "map")
     except BaseException:

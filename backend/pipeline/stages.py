@@ -41,6 +41,17 @@ class PipelineOptions:
     code gives such an answer no objects; False restores that."""
     keep_coarse_on_failure: bool = False
     """Keep the stage-1 mask when the stage-2 answer is unusable (released: an empty mask)."""
+    outline: str = "map"
+    """Where the reasoner read an object's outline off the map (the map reader does; a vision-language
+    model does not), "map" takes that outline as the object's mask and "image" lets the segmenter cut
+    it from the satellite image, as the released procedure always does."""
+
+    def __post_init__(self):
+        if self.outline not in OUTLINES:
+            raise ValueError(f"outline must be one of {', '.join(OUTLINES)}, not {self.outline!r}")
+
+
+OUTLINES = ("map", "image")
 
 
 @dataclass
@@ -127,12 +138,20 @@ class SegmenterSession:
             return seg.segment(prompts)
 
 
-def coarse_and_render(view: TileView, stage1: ParsedAnswer, session: SegmenterSession, handle):
-    """Stage 1's objects through the segmenter, the coarse mask, both rendered images and the
-    stage-2 text: exactly what the released code builds between its two stages. Shared by inference
-    and training."""
+def segment_items(session: SegmenterSession, handle, items: list[Prompt], outlines=None) -> list[Segmentation]:
+    """One segmentation per item: the map's outline where one is given, else the segmenter's cut."""
+    outlines = outlines if outlines and len(outlines) == len(items) else [None] * len(items)
+    todo = [i for i, o in enumerate(outlines) if o is None]
+    cut = dict(zip(todo, session.segment(handle, [items[i] for i in todo])))
+    return [cut[i] if o is None else Segmentation(np.asarray(o, bool), None) for i, o in enumerate(outlines)]
+
+
+def coarse_and_render(view: TileView, stage1: ParsedAnswer, session: SegmenterSession, handle, outlines=None):
+    """Stage 1's objects through the segmenter (or their map outlines, see `PipelineOptions.outline`),
+    the coarse mask, both rendered images and the stage-2 text: exactly what the released code builds
+    between its two stages. Shared by inference and training."""
     mh, mw = view.model_size
-    segs = session.segment(handle, stage1.items)
+    segs = segment_items(session, handle, stage1.items, outlines)
     coarse = union(segs, (mh, mw))
     # The released segmenter hands its mask over at tile size; the render resizes it back.
     shown = resize_nearest(resize_nearest(coarse, *view.original_size), mh, mw)
@@ -198,10 +217,11 @@ def run_batch(views: list[TileView], reasoner: Reasoner, segmenter: Segmenter | 
 
     stage("stage 1: segmenting")
     handles, coarse, segs1, rendered, p2 = [], [], [], [], []
-    for v, a, sec in zip(views, a1, seconds):
+    for v, a, sec, r in zip(views, a1, seconds, r1):
         handles.append(session.handle(v.sat_image))
         t = time.perf_counter()
-        segs, mask, map_r, sat_r, prompt2 = coarse_and_render(v, a, session, handles[-1])
+        segs, mask, map_r, sat_r, prompt2 = coarse_and_render(v, a, session, handles[-1],
+                                                              r.outlines if options.outline == "map" else None)
         sec["stage1_segmenter"] = time.perf_counter() - t - handles[-1]["seconds"]
         segs1.append(segs)
         coarse.append(mask)
@@ -226,7 +246,8 @@ def run_batch(views: list[TileView], reasoner: Reasoner, segmenter: Segmenter | 
         t, embedded = time.perf_counter(), handles[i]["seconds"]
         labels1 = r1[i].labels if len(r1[i].labels) == len(a1[i].items) else [""] * len(a1[i].items)
         if usable(a2):
-            segs = session.segment(handles[i], a2.items)
+            segs = segment_items(session, handles[i], a2.items,
+                                 r2[i].outlines if options.outline == "map" else None)
             final, refined, kept = union(segs, (mh, mw)), True, False
             labels = labels1 if len(labels1) == len(segs) else [""] * len(segs)
         elif options.keep_coarse_on_failure:

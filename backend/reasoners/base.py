@@ -42,6 +42,9 @@ class Reply:
     text: str
     notes: list[str] = field(default_factory=list)   # caveats that travel into the output attributes
     labels: list[str] = field(default_factory=list)  # per answer item, what it is (e.g. a map name)
+    # Per answer item, the outline the reasoner read off the map (model-size bool mask) or None: the
+    # map reader knows a place's exact extent; a vision-language model gives none.
+    outlines: list = field(default_factory=list)
 
 
 class Reasoner(Protocol):

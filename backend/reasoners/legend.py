@@ -2,14 +2,22 @@
 
 A genuine OpenStreetMap Carto render shows a place's class fill only between what is drawn on top of
 it: a park is cut by footpaths, labels and icons and holds lawns, playgrounds and trees; a school's
-pale fill shows only between its buildings, yards and pitches. So the class fill is a seed, not the
-place:
-1. seed = pixels of the class's fills; thin gaps through it (paths, label strokes) are closed;
-2. every patch of another colour that Carto draws on top of areas ('inside' colours, and unknown
-   colours: labels, icons, outlines) joins the place when most of its non-neutral surroundings are
-   the place (a building in a school yard, a lawn in a park), repeated so that patches touching
-   joined patches can join too; 'outside' colours (bare land, roads) never join and count against;
-3. holes are filled and fragments a few metres apart are grouped into one place.
+pale fill shows only between its buildings, yards and pitches, and many schools show none at all,
+only their name in the class's label colour. So fills and labels are evidence, not the place:
+1. evidence for the place: its class fills, and the words written in its class's label colour;
+   evidence against: 'outside' colours (bare land, other land uses); 'barrier' colours (roads) are
+   neither, and a place never reaches across them into a street block without evidence;
+2. every pixel of an 'inside' or unknown colour (buildings, lawns, yards, labels, icons) joins the
+   place when it lies nearer to the evidence for it than (by FAVOUR) to the evidence against it,
+   within REACH_FILL_M of a fill (where a place's fill shows, it shows wherever nothing covers it)
+   or REACH_M of a label (a label is all that some places show); a building with the lawns and
+   yards it touches ('unit' colours: a house and its garden) joins or stays out as a whole;
+3. a region of a shared fill that carries another class's label or icon and none of its own is
+   that class's place, and evidence against (Carto: a hospital has the schools' fill, red marks);
+4. gaps are bridged, holes filled, and fragments a few metres apart are grouped into one place.
+The constants were chosen on the real Porto render (resources' README gives the scores), so Porto's
+numbers are in-sample.
+Lengths are in metres of ground at the map's scale, read at about 1 m per pixel (MapReader.WORK_M).
 """
 from __future__ import annotations
 
@@ -19,11 +27,17 @@ from scipy import ndimage
 from ..errors import InputError
 from ..resources import load_json
 
-SEED, INSIDE, OUTSIDE, MISC = 0, 1, 2, 3
-GROW_ROUNDS = 4
-JOIN_FRACTION = 0.5     # share of a patch's surroundings (seed vs outside) that must be the place
-BRIDGE_M = 5.0          # gaps this wide through a fill (paths, label strokes) are closed
+SEED, INSIDE, OUTSIDE, MISC, BARRIER = 0, 1, 2, 3, 4
+REACH_M = 60.0          # a place reaches at most this far beyond its label
+REACH_FILL_M = 20.0     # ... and this far beyond its fill
+FAVOUR = 2.0            # a pixel joins when nearer the evidence for than FAVOUR x the evidence against
+BRIDGE_M = 5.0          # gaps this wide through a place (paths, label strokes) are closed
 GROUP_M = 12.0          # fragments closer than this are one place
+SEAL_M = 2.0            # gaps this wide in a road (its name written over it) are still road
+UNIT_SHARE = 0.5        # a building joins when this share of it lies near the evidence
+# Words of a label: runs of text-coloured pixels (with their halo blend) this large at ~1 m/px; an
+# icon or a single letter is smaller and says less about where an area lies.
+WORD_MIN_PX, WORD_MIN_WIDTH_PX, MARK_MIN_PX = 25, 20, 10
 
 
 def hex_rgb(h: str) -> tuple[int, int, int]:
@@ -38,6 +52,10 @@ class Legend:
             self.fills = {hex_rgb(k): list(v) for k, v in data["colours"].items()}
             self.inside = [hex_rgb(k) for k in data.get("inside", {})]
             self.outside = [hex_rgb(k) for k in data.get("outside", {})]
+            self.barriers = [hex_rgb(k) for k in data.get("barriers", {})]
+            self.units = [hex_rgb(k) for k in data.get("units", {})]
+            self.labels = {hex_rgb(k): list(v) for k, v in data.get("labels", {}).items()}
+            self.marks = {hex_rgb(k): list(v) for k, v in data.get("marks", {}).items()}
             self.tolerance = int(data.get("tolerance", 6))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"cannot read the map legend {path} ({exc}); see resources/legends/"
@@ -54,17 +72,34 @@ class Legend:
                 others |= set(cls) - wanted
         return colours, others
 
+    def label_colours(self, classes) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """Label colours that are evidence for `classes` ('labels': written only for areas of those
+        classes), and the label and mark colours of the other classes that share a fill with them
+        ('labels' and 'marks': a colour also used for point features is never evidence for a place,
+        but it tells the classes of a shared fill apart)."""
+        wanted = set(classes)
+        sharing = set().union(*(set(c) for c in self.fills.values() if wanted & set(c))) - wanted
+        own = [rgb for rgb, cls in self.labels.items() if wanted & set(cls)]
+        other = [rgb for table in (self.labels, self.marks) for rgb, cls in table.items()
+                 if sharing & set(cls) and not wanted & set(cls)]
+        return own, other
+
     def categories(self, img: np.ndarray, seeds) -> np.ndarray:
-        """Per pixel: SEED, INSIDE, OUTSIDE or MISC (each distinct colour is looked up once)."""
+        """Per pixel: SEED, INSIDE, OUTSIDE, BARRIER or MISC (each distinct colour is looked up once)."""
         flat = img.reshape(-1, 3).astype(np.int32)
         keys = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
         uniq, inverse = np.unique(keys, return_inverse=True)
         u = np.stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255], axis=1)
         cat = np.full(len(uniq), MISC, np.uint8)
-        # Later lists win: a seed colour is the place even where the legend calls it inside/outside.
-        for group, code in ((self.inside, INSIDE), (self.outside, OUTSIDE), (seeds, SEED)):
+        best = np.full(len(uniq), self.tolerance + 1, np.int32)
+        # The nearest listed colour within the tolerance decides (pale fills lie a few levels apart:
+        # @parking #eeeeee and @land-color #f2efe9); on a tie the later list wins, so a seed colour
+        # is the place even where the legend calls it inside or outside.
+        for group, code in ((self.inside, INSIDE), (self.outside, OUTSIDE), (self.barriers, BARRIER), (seeds, SEED)):
             for c in group:
-                cat[(np.abs(u - np.array(c)) <= self.tolerance).all(axis=1)] = code
+                d = np.abs(u - np.array(c)).max(axis=1)
+                hit = d <= best
+                cat[hit], best[hit] = code, d[hit]
         return cat[inverse].reshape(img.shape[:2])
 
 
@@ -74,60 +109,102 @@ def _disk(radius: int) -> np.ndarray:
     return xx * xx + yy * yy <= r * r
 
 
-def _ring_counts(labels: np.ndarray, n: int, good: np.ndarray, bad: np.ndarray, reach: int = 2):
-    """Per patch label: how many pixels within `reach` px of it (outside it) are good / bad."""
-    g = np.zeros(n + 1, np.int64)
-    b = np.zeros(n + 1, np.int64)
-    h, w = labels.shape
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            if dx == 0 and dy == 0:
-                continue
-            src = labels[max(0, -dy): h - max(0, dy), max(0, -dx): w - max(0, dx)]
-            dst = (slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx)))
-            other = labels[dst] != src
-            sel = (src > 0) & other
-            g += np.bincount(src[sel & good[dst]], minlength=n + 1)
-            b += np.bincount(src[sel & bad[dst]], minlength=n + 1)
-    return g, b
+def _matches(img: np.ndarray, colours, tolerance: int) -> np.ndarray:
+    out = np.zeros(img.shape[:2], bool)
+    for c in colours:
+        out |= (np.abs(img.astype(np.int16) - np.array(c, np.int16)) <= tolerance).all(axis=-1)
+    return out
 
 
-def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float) -> np.ndarray:
-    """Pixels of the places whose fill is one of `seeds`, read as the module docstring says."""
+def text_pixels(img: np.ndarray, colours, min_px: int = WORD_MIN_PX, min_width: int = WORD_MIN_WIDTH_PX,
+                tolerance: float = 8.0) -> np.ndarray:
+    """Pixels of the words written in any of `colours`: the colour itself and its antialiased blend
+    toward the white halo Carto draws around labels, in runs of at least `min_px` pixels and
+    `min_width` columns (letters a few pixels apart are one run)."""
+    x = img[..., :3].astype(np.float32)
+    out = np.zeros(img.shape[:2], bool)
+    for c in colours:
+        c = np.array(c, np.float32)
+        d = 255.0 - c
+        alpha = ((x - c) * d).sum(-1) / max(float((d * d).sum()), 1.0)
+        err = np.abs(x - (c + alpha[..., None] * d)).max(-1)
+        out |= (err <= tolerance) & (alpha >= -0.1) & (alpha <= 0.3)
+    if not out.any():
+        return out
+    runs, n = ndimage.label(ndimage.binary_dilation(out, iterations=3))
+    keep = np.zeros(n + 1, bool)
+    counts = np.bincount(runs[out], minlength=n + 1)
+    for k, sl in enumerate(ndimage.find_objects(runs), 1):
+        keep[k] = counts[k] >= min_px and sl[1].stop - sl[1].start >= min_width
+    return keep[runs] & out
+
+
+def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((), ())) -> np.ndarray:
+    """Pixels of the places whose fill is one of `seeds` or whose labels are written in one of
+    `labels[0]` (and not only in `labels[1]`, other classes sharing the fill), read as the module
+    docstring says."""
+    own, other = labels
     cat = legend.categories(img, seeds)
-    seed = cat == SEED
-    if not seed.any():
-        return seed
-    seed = ndimage.binary_opening(seed, np.ones((2, 2), bool))        # lone antialiased pixels
+    seed = ndimage.binary_opening(cat == SEED, np.ones((2, 2), bool))      # lone antialiased pixels
+    words = text_pixels(img, own) if own else np.zeros(cat.shape, bool)
     bridge = max(1, int(round(BRIDGE_M / 2 / pixel_m)))
-    place = ndimage.binary_closing(np.pad(seed, bridge + 1), _disk(bridge))[bridge + 1: -bridge - 1,
-                                                                             bridge + 1: -bridge - 1]
-    place |= seed
     if not legend.inside and not legend.outside:
         # A legend that only lists class fills says nothing about what lies between places:
         # growing over unknown colours would flood the map, so only gaps and holes are closed.
-        return ndimage.binary_fill_holes(place)
-    outside = (cat == OUTSIDE) & ~place
-    # Patches: connected runs of one category (inside colours and unknown colours apart), not yet place.
-    patches = np.zeros(cat.shape, np.int32)
-    n = 0
-    for code in (INSIDE, MISC):
-        lab, k = ndimage.label((cat == code) & ~place)
-        patches[lab > 0] = lab[lab > 0] + n
-        n += k
-    for _ in range(GROW_ROUNDS):
-        if n == 0:
-            break
-        # Other patches not (yet) in the place count against: a lawn joins a park when the park
-        # surrounds it, not when a chain of lawns and houses leads to it.
-        good, bad = _ring_counts(patches, n, place, outside | ((patches > 0) & (cat == INSIDE)))
-        join = (good > 0) & (good >= JOIN_FRACTION * (good + bad))
-        join[0] = False
-        if not join[1:].any():
-            break
-        place |= join[patches]
-        patches[join[patches]] = 0
-    return ndimage.binary_fill_holes(place)
+        return ndimage.binary_fill_holes(_close(seed, bridge) | seed)
+    theirs = np.zeros(cat.shape, bool)
+    if other and seed.any():
+        # A place of the shared fill labelled in another class's colour and not in ours is that
+        # class's place (Carto: a hospital has the schools' fill, and red names and icons).
+        regions, n = ndimage.label(_grow(img, legend, cat, seed, None, cat == OUTSIDE, pixel_m, REACH_M))
+        marks = text_pixels(img, other, MARK_MIN_PX, 1)
+        foreign = (np.bincount(regions[marks], minlength=n + 1) > 0) & ~(np.bincount(regions[words], minlength=n + 1) > 0)
+        foreign[0] = False
+        theirs = foreign[regions]
+        seed &= ~theirs
+    evidence = seed | words
+    if not evidence.any():
+        return evidence
+    place = _grow(img, legend, cat, seed, words, ((cat == OUTSIDE) | theirs) & ~evidence, pixel_m) & ~(theirs & ~evidence)
+    place = ndimage.binary_fill_holes(_close(place, bridge) | place)
+    return ndimage.binary_opening(place, _disk(bridge))
+
+
+def _grow(img, legend: Legend, cat: np.ndarray, seed: np.ndarray, words, against: np.ndarray, pixel_m: float,
+          fill_reach: float | None = None):
+    """Steps 1-2 of the module docstring: the evidence and what lies nearer to it than to the evidence
+    against, within its street blocks. A fill reaches less far than a label: where a place's fill
+    shows, it shows wherever nothing covers it."""
+    d_against = ndimage.distance_transform_edt(~against) if against.any() else np.full(cat.shape, np.inf)
+    near = np.zeros(cat.shape, bool)
+    evidence = seed.copy()
+    for found, reach in ((seed, fill_reach or REACH_FILL_M), (words, REACH_M)):
+        if found is None or not found.any():
+            continue
+        d_for = ndimage.distance_transform_edt(~found)
+        near |= (d_for < FAVOUR * d_against) & (d_for * pixel_m <= reach)
+        evidence |= found
+    near &= (cat != OUTSIDE) & (cat != BARRIER)
+    if legend.units:
+        # A building with the lawns and yards it touches (a house and its garden) is in the place or
+        # not: it goes the way most of its pixels go.
+        units, n = ndimage.label(_matches(img, legend.units, legend.tolerance))
+        if n:
+            share = np.concatenate([[0.0], ndimage.mean(near, units, np.arange(1, n + 1))])
+            near = np.where(units > 0, share[units] >= UNIT_SHARE, near)
+    place = evidence | near
+    # Street blocks (between barriers) without evidence stay out: a place does not cross the road.
+    # Road names and icons drawn over a road must not join the blocks on either side.
+    blocks, n = ndimage.label(~_close(cat == BARRIER, max(1, int(round(SEAL_M / pixel_m)))))
+    has = np.zeros(n + 1, bool)
+    has[np.unique(blocks[evidence])] = True
+    has[0] = False
+    return place & (has[blocks] | evidence)
+
+
+def _close(mask: np.ndarray, radius: int) -> np.ndarray:
+    pad = radius + 1
+    return ndimage.binary_closing(np.pad(mask, pad), _disk(radius))[pad:-pad, pad:-pad]
 
 
 def group_places(mask: np.ndarray, pixel_m: float, min_px: int) -> list[np.ndarray]:

@@ -109,6 +109,11 @@ class MapReader(SmartResize):
     name = "mapreader"
     max_points = 64   # stage-2 points per box beyond the two deepest ones (see spread_points)
 
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        # The map is read at the tile's own pixels: a resize to the model's pixel budget would blend
+        # the legend's colours and the labels' strokes. The segmenter works in the same frame.
+        return height, width
+
     def __init__(self, legend: str | None = None, min_area_m2: float = MIN_AREA_M2):
         self.legend_path = legend or resource("legends", "osm_carto.json")
         check_legend(self.legend_path)
@@ -270,7 +275,7 @@ class MapReader(SmartResize):
         # and at 0.25 m per pixel, and the same cost per square metre.
         step = max(1, int(round(WORK_M / pixel_m)))
         small = img[::step, ::step]
-        mask = place_mask(small, self.legend, colours, pixel_m * step)
+        mask = place_mask(small, self.legend, colours, pixel_m * step, self.legend.label_colours(spec.classes))
         min_px = max(1, int(np.ceil(self.min_area_m2 / (pixel_m * step) ** 2)))
         places = group_places(mask, pixel_m * step, min_px)
         h, w = img.shape[:2]
@@ -284,8 +289,9 @@ class MapReader(SmartResize):
             masks.append(m)
         notes = []
         if others and items:
+            told = " where no label or icon on the map says which" if any(self.legend.label_colours(spec.classes)) else ""
             notes.append(f"the map legend ({self.legend.name}) cannot tell {spec.label} from "
-                         f"{', '.join(sorted(others))}")
+                         f"{', '.join(sorted(others))}{told}")
         return items, names, masks, notes
 
     # --- the two stages -------------------------------------------------------------------------
@@ -304,16 +310,16 @@ class MapReader(SmartResize):
         return found
 
     def stage1(self, view: TileView, prompt: str) -> Reply:
-        spec, items, labels, _, notes = self._find(view)
+        spec, items, labels, masks, notes = self._find(view)
         source = "vector map features" if view.map_features is not None else "map colours (legend)"
         think = (f"Reading the {source} for '{view.query}' ({spec.kind}: {spec.label}). "
                  f"Found {len(items)} candidate(s)" + (f": {'; '.join(labels)}." if labels else "."))
         return Reply(f"<think>{think}</think><answer>{format_answer(items, False)}</answer>", notes,
-                     labels if view.map_features is not None else [])
+                     labels if view.map_features is not None else [], list(masks))
 
     def stage2(self, view: TileView, prompt: str, rendered_map, rendered_sat, stage1: ParsedAnswer) -> Reply:
         _, items, labels, masks, notes = self._find(view)
-        out = []
+        out, outlines = [], []
         for it in stage1.items:
             best, best_iou = None, 0.0
             for cand, m in zip(items, masks):
@@ -324,8 +330,9 @@ class MapReader(SmartResize):
             x1, y1, x2, y2 = it.box
             pts = [p for p in pts if x1 < p[0] < x2 and y1 < p[1] < y2]
             out.append(Item(it.box, pts or [((x1 + x2) / 2, (y1 + y2) / 2)]))
+            outlines.append(best)
         think = f"Adding interior points to {len(out)} box(es) from the matched map areas."
-        return Reply(f"<think>{think}</think><answer>{format_answer(out, True)}</answer>", notes)
+        return Reply(f"<think>{think}</think><answer>{format_answer(out, True)}</answer>", notes, [], outlines)
 
 
 def _bounds(t, w, h):

@@ -45,6 +45,7 @@ def fitting_examples(scene) -> list[tuple]:
     from ..pipeline.prompts import Item, format_answer
     from ..pipeline.render import render_overlay
     from ..pipeline.stages import make_view, run_tile
+    from ..reasoners.base import SmartResize
     from ..reasoners.mapreader import MapReader
     from ..segmenters.grabcut import GrabCutSegmenter
 
@@ -52,7 +53,8 @@ def fitting_examples(scene) -> list[tuple]:
     sat, map_rgb, _ = scene.read(tile)
     reader = MapReader()
     reader.prepare(QUERY, None, scene.map_features)
-    view = make_view(map_rgb, sat, QUERY, reader,
+    # In the vision-language model's frame (the map reader itself would read the tile's own pixels).
+    view = make_view(map_rgb, sat, QUERY, SmartResize(),
                      transform=scene.grid.window_transform(tile.x0, tile.y0), crs=scene.grid.crs,
                      tile_id=tile.id, map_features=scene.map_features)
     r = run_tile(view, reader, GrabCutSegmenter())

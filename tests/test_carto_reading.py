@@ -1,0 +1,94 @@
+"""Reading places off an OSM Carto render: labels as evidence, roads as block edges, buildings whole,
+a shared fill told apart by the other class's red marks. Images are drawn with the style's own colours
+(resources/legends/osm_carto.json); the real render is scored in test_realmaps.py."""
+import numpy as np
+import pytest
+
+from backend.reasoners.legend import Legend, hex_rgb, place_mask, text_pixels
+from backend.resources import resource
+
+LAND, ROAD, BUILDING, FILL = hex_rgb("#f2efe9"), hex_rgb("#ffffff"), hex_rgb("#d9d0c9"), hex_rgb("#ffffe5")
+EDU_TEXT, HEALTH = hex_rgb("#4c4c00"), hex_rgb("#bf0000")
+SCHOOLS = ["school", "university", "kindergarten"]
+
+
+@pytest.fixture(scope="module")
+def legend():
+    return Legend(resource("legends", "osm_carto.json"))
+
+
+def _word(img, x, y, colour, letters=5):
+    """A word as Carto writes it: letters in the label colour, a white halo blended around them."""
+    for i in range(letters):
+        x0 = x + i * 6
+        img[y - 1:y + 9, x0 - 1:x0 + 5] = (np.array(img[y - 1:y + 9, x0 - 1:x0 + 5], float) * 0.4 + 255 * 0.6)
+        img[y:y + 8, x0:x0 + 4] = colour
+        img[y + 2:y + 6, x0 + 1:x0 + 3] = np.array(colour) * 0.8 + 255 * 0.2   # antialiased stroke
+
+
+def _town():
+    """Two street blocks of houses on bare land, a road between them; 1 px = 1 m."""
+    img = np.zeros((120, 200, 3), np.uint8)
+    img[:] = LAND
+    img[:, 98:104] = ROAD                  # a street between the blocks
+    img[:4, :] = img[-4:, :] = ROAD
+    for x0 in (6, 106):
+        for bx in range(x0, x0 + 84, 14):  # rows of houses with bare yards between them
+            img[10:50, bx:bx + 12] = BUILDING
+            img[64:110, bx:bx + 12] = BUILDING
+    return img
+
+
+def test_words_are_found_and_small_marks_are_not():
+    img = _town()
+    _word(img, 20, 55, EDU_TEXT)
+    img[30:34, 150:154] = EDU_TEXT          # a 4 px childcare dot in the same colour
+    words = text_pixels(img, [EDU_TEXT])
+    assert words[55:63, 20:48].sum() >= 25 and not words[:, 140:].any()
+
+
+def test_a_school_known_only_by_its_label_takes_its_houses_and_stays_in_its_block(legend):
+    img = _town()
+    img[4:116, 0:98] = BUILDING             # the school's buildings fill its block, wall to wall ...
+    img[4:116, 0:98:14] = hex_rgb("#c4b6ab")
+    img[50:64, 0:98] = hex_rgb("#f5dcba")   # ... around a yard, a colour Carto draws on top of areas
+    _word(img, 20, 53, EDU_TEXT)
+    colours, _ = legend.colours_for(SCHOOLS)
+    mask = place_mask(img, legend, colours, 1.0, legend.label_colours(SCHOOLS))
+    assert mask[20:40, 10:80].mean() > 0.9 and mask[70:100, 10:80].mean() > 0.9   # both sides of the yard
+    assert not mask[:, 100:].any()                  # not across the street
+    assert not mask[116:, :].any()                  # nor onto the road
+
+
+def test_a_building_joins_whole_or_not_at_all(legend):
+    img = _town()
+    img[10:50, 20:32] = FILL                # school grounds where one house stood ...
+    img[10:50, 48:60] = FILL
+    colours, _ = legend.colours_for(SCHOOLS)
+    mask = place_mask(img, legend, colours, 1.0, legend.label_colours(SCHOOLS))
+    house = mask[12:48, 34:46]              # ... and the house between them
+    assert house.all() or not house.any()
+
+
+def test_a_shared_fill_labelled_in_red_is_the_hospital_not_a_school(legend):
+    img = _town()
+    img[14:46, 10:88] = FILL                # two areas of the fill schools and hospitals share
+    img[68:106, 110:188] = FILL
+    _word(img, 20, 24, HEALTH)              # the first carries a hospital's red name
+    _word(img, 120, 80, EDU_TEXT)           # the second a school's
+    colours, others = legend.colours_for(SCHOOLS)
+    assert "hospital" in others
+    schools = place_mask(img, legend, colours, 1.0, legend.label_colours(SCHOOLS))
+    assert not schools[14:46, 10:88].any() and schools[70:104, 112:186].mean() > 0.9
+    colours, _ = legend.colours_for(["hospital"])
+    hospitals = place_mask(img, legend, colours, 1.0, legend.label_colours(["hospital"]))
+    assert hospitals[16:44, 12:86].mean() > 0.9 and not hospitals[68:106, 110:188].any()
+
+
+def test_the_legend_keeps_parking_inside_places(legend):
+    # @living-street-fill (#ededed) lies within the tolerance of @parking (#eeeeee): listing it as
+    # 'outside' made every school's car park a road.
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:] = hex_rgb("#eeeeee")
+    from backend.reasoners.legend import INSIDE
+    assert (legend.categories(img, []) == INSIDE).all()
