@@ -2,6 +2,7 @@
 across seams into entities in a band (seams.py), finished tiles kept for --resume (resume.py)."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -54,6 +55,18 @@ class Scene:
             sat, valid = sat_src.read(tile.x0, tile.y0, tile.width, tile.height)
             map_rgb, map_valid = map_src.read(tile.x0, tile.y0, tile.width, tile.height)
         return sat, map_rgb, (valid & map_valid) if map_masks else valid
+
+    def map_around(self, tile: geo.Tile, margin: int) -> tuple[np.ndarray, int, int]:
+        """The map's pixels of `tile` grown by up to `margin` on every side (within the grid), and
+        the tile's column and row in them."""
+        x0, y0 = max(0, tile.x0 - margin), max(0, tile.y0 - margin)
+        x1 = min(self.grid.width, tile.x0 + tile.width + margin)
+        y1 = min(self.grid.height, tile.y0 + tile.height + margin)
+        if self.sources is None:
+            return self.map_image[y0:y1, x0:x1], tile.x0 - x0, tile.y0 - y0
+        with self._lock:
+            rgb, _ = self.sources[1].read(x0, y0, x1 - x0, y1 - y0)
+        return rgb, tile.x0 - x0, tile.y0 - y0
 
     def whole(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The whole area at once: for a preview image only (memory grows with the area)."""
@@ -186,7 +199,9 @@ def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = Non
             if valid.any():
                 views.append(make_view(map_rgb, sat, query, reasoner, task=task,
                                        transform=grid.window_transform(tile.x0, tile.y0), crs=grid.crs,
-                                       tile_id=tile.id, map_features=scene.map_features))
+                                       tile_id=tile.id, map_features=scene.map_features,
+                                       map_around=None if scene.map_features is not None
+                                       else functools.partial(scene.map_around, tile)))
                 windows.append((tile, valid))
             else:
                 log.info("%s has no valid pixels; skipped", tile.id)

@@ -91,7 +91,7 @@ def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def make_view(map_rgb: np.ndarray, sat_rgb: np.ndarray, query: str, reasoner: Reasoner, *,
               task: str | None = None, transform: Affine | None = None, crs=None, tile_id: str = "tile",
-              map_features=None) -> TileView:
+              map_features=None, map_around=None) -> TileView:
     """A tile in the model's frame: both images resized to the reasoner's input size; `transform`
     (tile pixel -> map coordinates) becomes the model-pixel transform."""
     th, tw = sat_rgb.shape[:2]
@@ -100,7 +100,7 @@ def make_view(map_rgb: np.ndarray, sat_rgb: np.ndarray, query: str, reasoner: Re
     mh, mw = reasoner.input_size(th, tw)
     model_transform = None if transform is None else transform * Affine.scale(tw / mw, th / mh)
     return TileView(query, task, resize_rgb(map_rgb, mh, mw), resize_rgb(sat_rgb, mh, mw), model_transform,
-                    crs, tile_id, map_features, (th, tw))
+                    crs, tile_id, map_features, (th, tw), map_around)
 
 
 def check_cancel(cancel: CancelCheck | None) -> None:

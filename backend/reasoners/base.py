@@ -6,7 +6,7 @@ pipeline serve the vision-language model and the weight-free map reader alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 from affine import Affine
@@ -27,6 +27,9 @@ class TileView:
     tile_id: str = "tile"
     map_features: object | None = None   # a VectorMap when the map is a vector file
     tile_size: tuple[int, int] | None = None  # (height, width) of the tile before the resize
+    # A raster map around the tile, for a reader that needs what lies beyond the tile's edge:
+    # map_around(margin_px) -> (map RGB of the tile grown by up to margin_px, tile's column and row in it)
+    map_around: Callable[[int], tuple[np.ndarray, int, int]] | None = None
 
     @property
     def model_size(self) -> tuple[int, int]:

@@ -45,6 +45,33 @@ def hex_rgb(h: str) -> tuple[int, int, int]:
     return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
 
 
+class Colours:
+    """The distinct colours of an image and which one each pixel is: a map render has a few thousand
+    colours, so per-colour tests run once per colour instead of once per pixel."""
+
+    def __init__(self, img: np.ndarray):
+        rgb = img[..., :3]
+        keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        present = np.zeros(1 << 24, bool)
+        present[keys] = True
+        codes = np.flatnonzero(present)
+        lookup = np.zeros(1 << 24, np.int32)
+        lookup[codes] = np.arange(len(codes), dtype=np.int32)
+        self.index = lookup[keys]
+        self.rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1).astype(np.int16)
+
+    @classmethod
+    def of(cls, img) -> "Colours":
+        return img if isinstance(img, Colours) else cls(img)
+
+    def within(self, colours, tolerance: int) -> np.ndarray:
+        """Per pixel: within `tolerance` (per channel) of any of `colours`."""
+        hit = np.zeros(len(self.rgb), bool)
+        for c in colours:
+            hit |= (np.abs(self.rgb - np.array(c, np.int16)) <= tolerance).all(axis=1)
+        return hit[self.index]
+
+
 class Legend:
     def __init__(self, path: str):
         try:
@@ -84,14 +111,12 @@ class Legend:
                  if sharing & set(cls) and not wanted & set(cls)]
         return own, other
 
-    def categories(self, img: np.ndarray, seeds) -> np.ndarray:
-        """Per pixel: SEED, INSIDE, OUTSIDE, BARRIER or MISC (each distinct colour is looked up once)."""
-        flat = img.reshape(-1, 3).astype(np.int32)
-        keys = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        u = np.stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255], axis=1)
-        cat = np.full(len(uniq), MISC, np.uint8)
-        best = np.full(len(uniq), self.tolerance + 1, np.int32)
+    def categories(self, img, seeds) -> np.ndarray:
+        """Per pixel: SEED, INSIDE, OUTSIDE, BARRIER or MISC (`img`: an RGB image or its Colours)."""
+        colours = Colours.of(img)
+        u = colours.rgb.astype(np.int32)
+        cat = np.full(len(u), MISC, np.uint8)
+        best = np.full(len(u), self.tolerance + 1, np.int32)
         # The nearest listed colour within the tolerance decides (pale fills lie a few levels apart:
         # @parking #eeeeee and @land-color #f2efe9); on a tie the later list wins, so a seed colour
         # is the place even where the legend calls it inside or outside.
@@ -100,7 +125,7 @@ class Legend:
                 d = np.abs(u - np.array(c)).max(axis=1)
                 hit = d <= best
                 cat[hit], best[hit] = code, d[hit]
-        return cat[inverse].reshape(img.shape[:2])
+        return cat[colours.index]
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -109,26 +134,21 @@ def _disk(radius: int) -> np.ndarray:
     return xx * xx + yy * yy <= r * r
 
 
-def _matches(img: np.ndarray, colours, tolerance: int) -> np.ndarray:
-    out = np.zeros(img.shape[:2], bool)
-    for c in colours:
-        out |= (np.abs(img.astype(np.int16) - np.array(c, np.int16)) <= tolerance).all(axis=-1)
-    return out
-
-
-def text_pixels(img: np.ndarray, colours, min_px: int = WORD_MIN_PX, min_width: int = WORD_MIN_WIDTH_PX,
+def text_pixels(img, colours, min_px: int = WORD_MIN_PX, min_width: int = WORD_MIN_WIDTH_PX,
                 tolerance: float = 8.0) -> np.ndarray:
     """Pixels of the words written in any of `colours`: the colour itself and its antialiased blend
     toward the white halo Carto draws around labels, in runs of at least `min_px` pixels and
     `min_width` columns (letters a few pixels apart are one run)."""
-    x = img[..., :3].astype(np.float32)
-    out = np.zeros(img.shape[:2], bool)
+    found = Colours.of(img)
+    x = found.rgb.astype(np.float32)
+    hit = np.zeros(len(x), bool)
     for c in colours:
         c = np.array(c, np.float32)
         d = 255.0 - c
         alpha = ((x - c) * d).sum(-1) / max(float((d * d).sum()), 1.0)
         err = np.abs(x - (c + alpha[..., None] * d)).max(-1)
-        out |= (err <= tolerance) & (alpha >= -0.1) & (alpha <= 0.3)
+        hit |= (err <= tolerance) & (alpha >= -0.1) & (alpha <= 0.3)
+    out = hit[found.index]
     if not out.any():
         return out
     runs, n = ndimage.label(ndimage.binary_dilation(out, iterations=3))
@@ -144,6 +164,7 @@ def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((
     `labels[0]` (and not only in `labels[1]`, other classes sharing the fill), read as the module
     docstring says."""
     own, other = labels
+    img = Colours(img)
     cat = legend.categories(img, seeds)
     seed = ndimage.binary_opening(cat == SEED, np.ones((2, 2), bool))      # lone antialiased pixels
     words = text_pixels(img, own) if own else np.zeros(cat.shape, bool)
@@ -170,7 +191,7 @@ def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((
     return ndimage.binary_opening(place, _disk(bridge))
 
 
-def _grow(img, legend: Legend, cat: np.ndarray, seed: np.ndarray, words, against: np.ndarray, pixel_m: float,
+def _grow(img: Colours, legend: Legend, cat: np.ndarray, seed: np.ndarray, words, against: np.ndarray, pixel_m: float,
           fill_reach: float | None = None):
     """Steps 1-2 of the module docstring: the evidence and what lies nearer to it than to the evidence
     against, within its street blocks. A fill reaches less far than a label: where a place's fill
@@ -188,7 +209,7 @@ def _grow(img, legend: Legend, cat: np.ndarray, seed: np.ndarray, words, against
     if legend.units:
         # A building with the lawns and yards it touches (a house and its garden) is in the place or
         # not: it goes the way most of its pixels go.
-        units, n = ndimage.label(_matches(img, legend.units, legend.tolerance))
+        units, n = ndimage.label(img.within(legend.units, legend.tolerance))
         if n:
             share = np.concatenate([[0.0], ndimage.mean(near, units, np.arange(1, n + 1))])
             near = np.where(units > 0, share[units] >= UNIT_SHARE, near)

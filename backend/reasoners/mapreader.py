@@ -34,6 +34,7 @@ POINT_BOX_M = 80.0        # side of the square a POI gets when no street block s
 MAX_BLOCK_M2 = 250_000.0  # a "block" larger than this is open country, not a block
 MIN_AREA_M2 = 100.0       # default minimum place: smaller pieces (tile-edge slivers, map noise) are dropped
 WORK_M = 1.0              # raster maps are read at about this many metres per pixel
+CONTEXT_M = 100.0         # ... and this far around each tile (a place's reach and grouping, with room)
 MIN_SITE_M2 = 20.0        # an enclosing building or site smaller than this is a mapping slip
 # Areas that can stand for a place mapped only as a point inside them, and areas that cannot.
 SITE_KEYS = ("amenity", "landuse", "leisure", "tourism", "shop", "office", "healthcare", "historic",
@@ -274,15 +275,25 @@ class MapReader(SmartResize):
         # Read at about the map's own scale (~1 m/px), whatever the grid: the same places at 1 m
         # and at 0.25 m per pixel, and the same cost per square metre.
         step = max(1, int(round(WORK_M / pixel_m)))
+        h, w = img.shape[:2]
+        dx = dy = 0
+        if view.map_around is not None and view.model_size == view.original_size:
+            # Read the map around the tile too: a place is judged on its whole extent (up to
+            # CONTEXT_M beyond the tile), so a tile that sees only a school's roofs still knows the
+            # school, and 1 m and 0.25 m grids (tiles of 768 m and 192 m) find the same places.
+            img, dx, dy = view.map_around(-(-int(np.ceil(CONTEXT_M / pixel_m)) // step) * step)
+            # the reading lattice stays the tile's own (grid edges may clip the margin)
+            img, dx, dy = img[dy % step:, dx % step:], dx - dx % step, dy - dy % step
         small = img[::step, ::step]
         mask = place_mask(small, self.legend, colours, pixel_m * step, self.legend.label_colours(spec.classes))
         min_px = max(1, int(np.ceil(self.min_area_m2 / (pixel_m * step) ** 2)))
-        places = group_places(mask, pixel_m * step, min_px)
-        h, w = img.shape[:2]
         items, names, masks = [], [], []
-        for m in places:
+        for m in group_places(mask, pixel_m * step, min_px):
             if step > 1:
-                m = np.repeat(np.repeat(m, step, axis=0), step, axis=1)[:h, :w]
+                m = np.repeat(np.repeat(m, step, axis=0), step, axis=1)
+            m = m[dy: dy + h, dx: dx + w]
+            if not m.any():
+                continue
             ys, xs = np.nonzero(m)
             items.append(Item((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))))
             names.append(spec.label)
