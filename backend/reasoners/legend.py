@@ -15,7 +15,7 @@ only their name in the class's label colour. So fills and labels are evidence, n
 3. a region of a shared fill that carries another class's label or icon and none of its own is
    that class's place, and evidence against (Carto: a hospital has the schools' fill, red marks);
 4. gaps are bridged, holes filled, and fragments a few metres apart are grouped into one place.
-The constants were chosen on the real Porto render (resources' README gives the scores), so Porto's
+The constants were chosen on the real Porto render (the project README gives the scores), so Porto's
 numbers are in-sample.
 Lengths are in metres of ground at the map's scale, read at about 1 m per pixel (MapReader.WORK_M).
 """
@@ -54,10 +54,8 @@ class Colours:
         keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
         present = np.zeros(1 << 24, bool)
         present[keys] = True
-        codes = np.flatnonzero(present)
-        lookup = np.zeros(1 << 24, np.int32)
-        lookup[codes] = np.arange(len(codes), dtype=np.int32)
-        self.index = lookup[keys]
+        codes = np.flatnonzero(present)          # sorted: no sort of all the pixels is needed
+        self.index = np.searchsorted(codes, keys).astype(np.int32)
         self.rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1).astype(np.int16)
 
     @classmethod
