@@ -40,6 +40,9 @@ SATELLITE_FILE = "satellite.tif"
 MAP_FILE = "map.tif"
 FEATURES_FILE = "features.gpkg"
 TASK_LEVELS = ("name", "class", "function")
+# Where a place's outline comes from when the reasoner read one off the map (the map reader): "map"
+# takes it, "image" lets the segmenter cut the place from the satellite image (as released).
+OUTLINES = ("map", "image")
 TILES_START = 0.1     # the worker's progress fraction when the engines are loaded and tile work begins
 # The model server's API key reaches the worker only through this environment variable (never through
 # the scene folder, which is a plain temporary folder); reasoners/openai_server.py reads it.
@@ -96,6 +99,7 @@ class SceneRequest:
     map_masks_coverage: bool = True        # raster maps: the map's alpha limits where detection runs
     protocol: int = PROTOCOL
     server: dict = field(default_factory=dict)       # SERVER_KEYS for an openai: reasoner; never the key
+    outline: str = "map"                   # OUTLINES: the map reader's outlines, or the segmenter's cut
 
     @classmethod
     def planned(cls, grid: GridSpec, query: str, task: str | None, plan: TilePlan, **kw) -> "SceneRequest":
@@ -146,13 +150,16 @@ class SceneRequest:
         if not isinstance(coverage, bool) and "map_masks_coverage" not in v.missing:
             v.problems.append("'map_masks_coverage' must be true or false")
         server = v.server("server", d.get("server", {}))     # optional: absent for in-process engines
+        outline = d.get("outline", "map")                     # optional: absent in older requests
+        if outline not in OUTLINES:
+            v.problems.append(f"'outline' must be one of {', '.join(OUTLINES)}, not {outline!r}")
         tiles = v.get("tiles")
         if grid_ok:   # tiles can only be checked against a sound grid
             tiles = v.tiles("tiles", tiles, width, height)
         v.raise_if_any()
         return cls(GridSpec(crs_wkt, transform, width, height), query.strip(), task, plan, tiles,
                    engines["reasoner"], engines["segmenter"], engines["device"], dict(generation),
-                   files["satellite"], files["map_image"], features, coverage, protocol, server)
+                   files["satellite"], files["map_image"], features, coverage, protocol, server, outline)
 
     def write(self, folder: str) -> str:
         os.makedirs(folder, exist_ok=True)

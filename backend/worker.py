@@ -121,6 +121,7 @@ class _Warnings(logging.Handler):
 def run_scene(folder: str, req: contract.SceneRequest | None = None) -> contract.SceneResult:
     from .engines import build_reasoner, build_segmenter, parse_reasoner, parse_segmenter
     from .pipeline.detect import detect
+    from .pipeline.stages import PipelineOptions
 
     started = time.monotonic()
     req = req or contract.SceneRequest.read(folder)
@@ -141,7 +142,8 @@ def run_scene(folder: str, req: contract.SceneRequest | None = None) -> contract
     handler = _Warnings()
     logging.getLogger("backend").addHandler(handler)
     try:
-        det = detect(scene, req.query, reasoner, segmenter, task=req.task, progress=progress)
+        det = detect(scene, req.query, reasoner, segmenter, task=req.task, progress=progress,
+                     options=PipelineOptions(outline=req.outline))
     finally:
         logging.getLogger("backend").removeHandler(handler)
     task = inferred_task(req.query, req.task)

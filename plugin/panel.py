@@ -369,7 +369,8 @@ class FindPanel(QDockWidget):
         return DetectParams(self.sat_combo.currentLayer(), self.map_layers(), self.query.currentText().strip(),
                             TASKS[self.task_combo.currentIndex()][1], self.chosen_extent(),
                             QgsProject.instance().crs(), self.resolution.value(), reasoner, segmenter, s.device,
-                            s.generation(), s.tile_plan(), s.python, s.server_options(), s.server_authcfg)
+                            s.generation(), s.tile_plan(), s.python, s.server_options(), s.server_authcfg,
+                            outline=s.outline)
 
     def input_problem(self, p: DetectParams) -> str | None:
         """What to choose before a run can start, naming the control."""

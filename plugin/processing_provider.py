@@ -94,7 +94,7 @@ class DetectEntitiesAlgorithm(QgsProcessingAlgorithm):
         reasoner, segmenter = settings.engine_specs(engine)
         params = DetectParams(sat, maps, query, None if task == "auto" else task, extent, crs, res, reasoner,
                               segmenter, settings.device, settings.generation(), settings.tile_plan(),
-                              settings.python)
+                              settings.python, outline=settings.outline)
 
         def progress(frac, msg):
             feedback.setProgress(100.0 * frac)

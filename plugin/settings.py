@@ -5,6 +5,7 @@ from dataclasses import dataclass, fields
 
 from qgis.core import QgsSettings
 
+from ..backend.contract import OUTLINES
 from ..backend.geo.tiles import DEFAULT_MAX_TILES, DEFAULT_OVERLAP, DEFAULT_TILE
 
 PREFIX = "socioseg/"
@@ -19,6 +20,7 @@ class PluginSettings:
     vlm_model: str = "vvangfaye/SocioReasoner-3B"
     segmenter: str = "sam2:facebook/sam2-hiera-large"
     device: str = "auto"
+    outline: str = "map"       # the map reader's outlines ("map") or the segmenter's cut ("image")
     max_new_tokens: int = 2048
     greedy: bool = False       # default: the released evaluation's sampling
     seed: int = -1             # >= 0 makes a sampled run repeatable; -1: none
@@ -52,6 +54,8 @@ class PluginSettings:
             except (TypeError, ValueError):
                 value = default
             setattr(out, f.name, value)
+        if out.outline not in OUTLINES:      # a value saved by hand or by another version
+            out.outline = cls.outline
         return out
 
     def save(self) -> None:

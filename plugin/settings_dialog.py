@@ -15,6 +15,8 @@ from .settings import PluginSettings
 
 SETUP_TEXT = "Set up Python environment"
 MODELS_TEXT = "Install model packages"
+# The Outlines choice (values: contract.OUTLINES)
+OUTLINE_CHOICES = (("From the map (map reader)", "map"), ("Cut from the satellite image (Segmenter)", "image"))
 
 
 def diagnostics_text(python: str | None = None) -> str:
@@ -56,6 +58,13 @@ class SettingsDialog(QDialog):
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.device.setCurrentText(s.device)
+        self.outline = QComboBox()
+        for text, value in OUTLINE_CHOICES:
+            self.outline.addItem(text, value)
+        self.outline.setCurrentIndex(max(0, self.outline.findData(s.outline)))
+        self.outline.setToolTip("With the map reader: take each place's outline from the map (exact on a vector "
+                                "map), or let the Segmenter cut it from the satellite image (the released "
+                                "procedure). The vision-language model gives no outline: it always uses the Segmenter.")
         self.tokens = QSpinBox()
         self.tokens.setRange(16, 8192)
         self.tokens.setValue(s.max_new_tokens)
@@ -129,6 +138,7 @@ class SettingsDialog(QDialog):
 
         form = QFormLayout()
         form.addRow("Device", self.device)
+        form.addRow("Outlines", self.outline)
         form.addRow("Response budget (tokens)", self.tokens)
         form.addRow("Decoding", self.greedy)
         form.addRow("Sampling seed", self.seed)
@@ -261,6 +271,7 @@ class SettingsDialog(QDialog):
         s.vlm_model = self.vlm.text().strip() or s.vlm_model
         s.segmenter = self.segmenter.text().strip() or s.segmenter
         s.device = self.device.currentText()
+        s.outline = self.outline.currentData()
         s.max_new_tokens = self.tokens.value()
         s.greedy = self.greedy.isChecked()
         s.seed = self.seed.value()

@@ -36,6 +36,7 @@ class DetectParams:
     # None: the plugin's Settings (Processing and scripts leave them so).
     server: dict | None = None
     server_authcfg: str | None = None
+    outline: str = "map"             # contract.OUTLINES
 
 
 def log(message: str, level=Qgis.Info) -> None:
@@ -97,7 +98,7 @@ def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -
         request = SceneRequest(cap.grid, params.query, params.task, params.tile_plan, cap.tiles,
                                params.reasoner, params.segmenter, params.device, dict(params.generation),
                                cap.satellite, cap.map_image, cap.map_features, cap.map_masks_coverage,
-                               server=server)
+                               server=server, outline=params.outline)
         request.write(folder)
         report(CAPTURE_SHARE, f"detecting in {len(cap.tiles)} tile(s)")
         clock = Throughput()

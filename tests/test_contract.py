@@ -60,6 +60,18 @@ def test_a_good_scene_runs_and_reports_tiles_and_the_inferred_task(scene_folder)
     assert messages[-1] == contract.Message("DONE", done=len(result.entities))
     assert result.tiles == len(req.tiles) and result.task == "class"
     assert len(result.entities) == 2 and {e.attrs["task"] for e in result.entities} == {"class"}
+    assert {e.attrs["segmenter"] for e in result.entities} == {"map"}     # the map reader's outlines
+
+
+def test_the_outline_choice_reaches_the_worker(scene_folder, tmp_path):
+    folder = tmp_path / "scene"
+    shutil.copytree(scene_folder, folder)
+    d = json.loads((folder / contract.REQUEST_FILE).read_text())
+    _dump(folder, _edit(d, "outline", "image"))
+    rc, messages, err = run_scene(folder)
+    assert rc == 0, err
+    result = contract.SceneResult.read(str(folder))
+    assert result.entities and {e.attrs["segmenter"] for e in result.entities} == {"grabcut"}
 
 
 def test_a_vector_scene_reads_every_layer_of_its_features(scene_folder, tmp_path, sample_dir):
@@ -109,6 +121,7 @@ BAD = [
     ("bad server option", lambda f, d: _dump(f, _edit(d, "server", {"concurrency": 0})),
      "'server.concurrency' must be a whole number of at least 1"),
     ("other protocol", lambda f, d: _dump(f, _edit(d, "protocol", 99)), "different versions"),
+    ("bad outline", lambda f, d: _dump(f, _edit(d, "outline", "satellite")), "'outline' must be one of map, image"),
     ("path outside the folder", lambda f, d: _dump(f, _edit(d, "satellite", "../x.tif")), "inside the scene folder"),
     ("missing satellite file", lambda f, d: os.remove(f / contract.SATELLITE_FILE), "lacks satellite.tif"),
     ("truncated map image", lambda f, d: _truncate(f / contract.MAP_FILE), "cannot read the map image"),
@@ -149,9 +162,13 @@ def test_request_round_trips_and_lines_survive_newlines():
     grid = contract.GridSpec("WKT", (2.0, 0.0, 10.0, 0.0, -2.0, 50.0), 900, 700)
     req = contract.SceneRequest.planned(grid, "Lotus Park", "name", contract.TilePlan(512, 64, 9),
                                         generation={"max_new_tokens": 32, "future_field": 1},
-                                        map_features=contract.FEATURES_FILE, map_masks_coverage=False)
+                                        map_features=contract.FEATURES_FILE, map_masks_coverage=False,
+                                        outline="image")
     back = contract.SceneRequest.from_dict(json.loads(json.dumps(req.to_dict())))
     assert back == req and len(back.tiles) == 4 and back.generation["future_field"] == 1
+    older = req.to_dict()
+    del older["outline"]                                # a request written before the choice existed
+    assert contract.SceneRequest.from_dict(older).outline == "map"
     line = contract.progress_line(0.5, 3, 10, "tile_0_1 (3/10):\nstage 2 \\ done")
     assert contract.parse_line(line) == contract.Message("PROGRESS", "tile_0_1 (3/10):\nstage 2 \\ done", 0.5, 3, 10)
     assert "\n" not in line

@@ -482,7 +482,10 @@ def test_settings_dialog_saves_and_diagnostics_come_from_the_backend(plugin_pkg,
         assert not d.greedy.isChecked() and PluginSettings.load().generation()["do_sample"]   # released sampling
         d.greedy.setChecked(True)
         d.seed.setValue(7)
+        assert d.outline.currentData() == "map"         # the map reader's outlines by default
+        d.outline.setCurrentIndex(d.outline.findData("image"))
         d.accept()
+        assert PluginSettings.load().outline == "image"
         assert PluginSettings.load().generation() == {"max_new_tokens": 2048, "do_sample": False, "seed": 7}
         assert PluginSettings.load().vlm_model == "/models/SocioReasoner-3B"
         assert PluginSettings.load().tile_plan().max_tiles == 900

@@ -21,6 +21,7 @@ import numpy as np
 from affine import Affine
 from PIL import Image
 
+from ..contract import OUTLINES
 from ..errors import Cancelled
 from ..reasoners.base import Reasoner, Reply, TileView
 from ..segmenters.base import Prompt, Segmentation, Segmenter, union
@@ -50,8 +51,6 @@ class PipelineOptions:
         if self.outline not in OUTLINES:
             raise ValueError(f"outline must be one of {', '.join(OUTLINES)}, not {self.outline!r}")
 
-
-OUTLINES = ("map", "image")
 
 
 @dataclass

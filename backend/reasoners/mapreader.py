@@ -108,6 +108,7 @@ def check_legend(path: str) -> None:
 
 class MapReader(SmartResize):
     name = "mapreader"
+    reads_outlines = True   # its replies carry each object's outline (see PipelineOptions.outline)
     max_points = 64   # stage-2 points per box beyond the two deepest ones (see spread_points)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
