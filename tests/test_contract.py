@@ -60,7 +60,7 @@ def test_a_good_scene_runs_and_reports_tiles_and_the_inferred_task(scene_folder)
     assert messages[-1] == contract.Message("DONE", done=len(result.entities))
     assert result.tiles == len(req.tiles) and result.task == "class"
     assert len(result.entities) == 2 and {e.attrs["task"] for e in result.entities} == {"class"}
-    assert {e.attrs["segmenter"] for e in result.entities} == {"map"}     # the map reader's outlines
+    assert {e.attrs["segmenter"] for e in result.entities} == {"map/grabcut"}   # the map reader's outlines
 
 
 def test_the_outline_choice_reaches_the_worker(scene_folder, tmp_path):

@@ -59,7 +59,7 @@ def test_point_only_school_takes_its_street_block(vector_scene, sample_dir):
 def test_name_query_ranks_partial_matches(vector_scene):
     reader = MapReader()
     spec = reader.spec("Spring", "name")
-    names = {label for _, label, _ in reader._candidates(spec, vector_scene.map_features)}
+    names = {label for _, label, *_ in reader._candidates(spec, vector_scene.map_features)}
     assert names == {"Spring Park"}
 
 

@@ -66,8 +66,8 @@ def test_osm_xml_is_read_by_gdals_osm_driver(tmp_path):
     assert len(hits) == 1 and hits[0].props["name:en"] == "Test Hospital"
     # osmconf.ini does not count healthcare=* as an area key, so GDAL gives a closed line; the map
     # reader still takes the area inside it
-    (area, label, _), = MapReader()._candidates(spec, vmap)
-    assert label == "Hospital Teste" and 6000 < area.area < 8000      # about 84 m x 89 m
+    (area, label, _, exact), = MapReader()._candidates(spec, vmap)
+    assert label == "Hospital Teste" and 6000 < area.area < 8000 and exact     # about 84 m x 89 m
 
 
 def test_point_takes_the_site_or_building_around_it_before_the_block():
@@ -82,9 +82,11 @@ def test_point_takes_the_site_or_building_around_it_before_the_block():
              Feature(shapely.Point(260, 258), {"amenity": "school", "name": "B"}, "points"),
              Feature(shapely.Point(350, 100), {"amenity": "school", "name": "C"}, "points")]
     vmap = VectorMap(feats, UTM29)
-    got = {label: g for g, label, _ in MapReader()._candidates(resolve_query("schools"), vmap)}
-    assert got["A"].equals(grounds) and got["B"].equals(building)
-    assert got["C"].area > 100_000 * m          # no site around it: its street block
+    got = {label: (g, exact) for g, label, _, exact in MapReader()._candidates(resolve_query("schools"), vmap)}
+    assert got["A"][0].equals(grounds) and got["A"][1]
+    assert got["B"][0].equals(building) and got["B"][1]
+    # no site around it: its street block, a guess whose outline the segmenter cuts from the image
+    assert got["C"][0].area > 100_000 * m and not got["C"][1]
 
 
 def _scene(sample_dir, resolution, map_name="map.gpkg", bbox=(499980, 4057000, 500460, 4057440)):

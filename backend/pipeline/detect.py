@@ -156,9 +156,10 @@ def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = Non
             generation=getattr(reasoner, "generation_record", lambda: None)(),
             input_size=list(reasoner.input_size(scene.tiles[0].height, scene.tiles[0].width)) if scene.tiles else None,
             options=vars(options) if options else None), resume)
-    # The output's `segmenter` says what drew the outlines: "map" where the reader's own were taken.
+    # The output's `segmenter` says what drew the outlines: "map/grabcut" where the reader's own were
+    # taken, and the segmenter cut only the places the map has as points.
     from_map = (options or PipelineOptions()).outline == "map" and getattr(reasoner, "reads_outlines", False)
-    drawn_by = "map" if from_map else segmenter.name
+    drawn_by = f"map/{segmenter.name}" if from_map else segmenter.name
     merger = BandMerger(grid, scene.tiles, query, task, reasoner.name, drawn_by,
                         getattr(reasoner, "min_area_m2", 0.0), keep_mask)
     n = max(len(scene.tiles), 1)

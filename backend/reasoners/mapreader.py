@@ -155,8 +155,10 @@ class MapReader(SmartResize):
                 log.warning("no map feature matches %r (%s)", query, spec.kind)
 
     # --- vector maps ----------------------------------------------------------------------------
-    def _candidates(self, spec: QuerySpec, vmap) -> list[tuple[shapely.Geometry, str, float]]:
-        """(area geometry, label, score) of every feature of the whole map that answers the query."""
+    def _candidates(self, spec: QuerySpec, vmap) -> list[tuple[shapely.Geometry, str, float, bool]]:
+        """(area geometry, label, score, exact) of every feature of the whole map that answers the
+        query; `exact` is False where the area is a guess (the street block or square around a point,
+        a buffered line), whose outline the segmenter should cut from the image instead."""
         key = (id(vmap), spec.text, spec.kind)
         if key in self._vector_cache:
             return self._vector_cache[key]
@@ -177,21 +179,22 @@ class MapReader(SmartResize):
         out = []
         blocks = None
         for f, s in hits:
-            g = f.geometry
+            g, exact = f.geometry, True
             label = f.name or next((f"{k}={f.props[k]}" for k in spec.tags if f.props.get(k)), spec.label)
             if g.geom_type in ("Point", "MultiPoint"):
                 if area_tree is not None and len(area_tree.query(g, predicate="within")):
                     continue          # the same place is also mapped as an area
                 if blocks is None:
                     blocks = self._blocks(vmap)
-                g = self._area_for_point(g, vmap, blocks, metre)
+                g, exact = self._area_for_point(g, vmap, blocks, metre)
             elif g.geom_type in ("LineString", "MultiLineString"):
                 # GDAL's OSM driver makes a closed way a line unless a key of its osmconf.ini says
                 # "area" (healthcare=*, for one, does not): a closed way tagged as a place is its area.
                 rings = [p for p in shapely.get_parts(g) if p.is_closed and len(p.coords) >= 4]
                 area = shapely.make_valid(shapely.union_all([shapely.Polygon(r) for r in rings])) if rings else None
-                g = area if area is not None and area.area > 0 else g.buffer(10.0 * metre)
-            out.append((g, label, s))
+                exact = area is not None and area.area > 0
+                g = area if exact else g.buffer(10.0 * metre)
+            out.append((g, label, s, exact))
         self._vector_cache[key] = out
         return out
 
@@ -207,10 +210,11 @@ class MapReader(SmartResize):
         return shapely.STRtree(polys) if polys else None
 
     @staticmethod
-    def _area_for_point(pt, vmap, blocks, metre: float) -> shapely.Geometry:
-        """The area a place mapped only as a point stands for: the smallest enclosing site (an area
-        with another tag: amenity, landuse, leisure, ...; a building only when no site encloses it)
-        no larger than its street block, else the street block, else a square."""
+    def _area_for_point(pt, vmap, blocks, metre: float) -> tuple[shapely.Geometry, bool]:
+        """The area a place mapped only as a point stands for, and whether the map draws it: the
+        smallest enclosing site (an area with another tag: amenity, landuse, leisure, ...; a building
+        only when no site encloses it) no larger than its street block, else (a guess) the street
+        block, else a square."""
         block = None
         if blocks is not None:
             idx = blocks.query(pt, predicate="within")
@@ -232,20 +236,20 @@ class MapReader(SmartResize):
                 buildings.append(g)
         for found in (sites, buildings):
             if found:
-                return min(found, key=lambda a: a.area)
+                return min(found, key=lambda a: a.area), True
         if block is not None:
             # The carriageway is not part of the place: pull the block edge in by half a road.
             inner = block.buffer(-5.0 * metre)
-            return inner if not inner.is_empty else block
-        return pt.buffer(POINT_BOX_M / 2 * metre, cap_style="square")
+            return (inner if not inner.is_empty else block), False
+        return pt.buffer(POINT_BOX_M / 2 * metre, cap_style="square"), False
 
-    def _vector_items(self, view: TileView, spec: QuerySpec) -> tuple[list[Item], list[str], list[np.ndarray]]:
+    def _vector_items(self, view: TileView, spec: QuerySpec):
         h, w = view.map_image.shape[:2]
         t = view.transform
         tile_poly = shapely.box(*_bounds(t, w, h))
         px_area = abs(t.a * t.e)
-        items, labels, masks = [], [], []
-        for geom, label, _ in self._candidates(spec, view.map_features):
+        items, labels, masks, outlines = [], [], [], []
+        for geom, label, _, exact in self._candidates(spec, view.map_features):
             part = geom.intersection(tile_poly)
             if part.is_empty or part.area < max(self.min_area_m2 * units_per_metre(view.crs) ** 2, 20 * px_area):
                 continue
@@ -256,7 +260,8 @@ class MapReader(SmartResize):
             items.append(Item((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))))
             labels.append(label)
             masks.append(m)
-        return items, labels, masks
+            outlines.append(m if exact else None)
+        return items, labels, masks, outlines
 
     # --- raster maps ----------------------------------------------------------------------------
     @property
@@ -314,35 +319,36 @@ class MapReader(SmartResize):
             return self._found[1]
         spec = self.spec(view.query, view.task)
         if view.map_features is not None:
-            items, labels, masks = self._vector_items(view, spec)
-            found = (spec, items, labels, masks, [])
+            items, labels, masks, outlines = self._vector_items(view, spec)
+            found = (spec, items, labels, masks, [], outlines)
         else:
-            found = (spec, *self._raster_items(view, spec))
+            items, labels, masks, notes = self._raster_items(view, spec)
+            found = (spec, items, labels, masks, notes, masks)
         self._found = (key, found)
         return found
 
     def stage1(self, view: TileView, prompt: str) -> Reply:
-        spec, items, labels, masks, notes = self._find(view)
+        spec, items, labels, _, notes, outlines = self._find(view)
         source = "vector map features" if view.map_features is not None else "map colours (legend)"
         think = (f"Reading the {source} for '{view.query}' ({spec.kind}: {spec.label}). "
                  f"Found {len(items)} candidate(s)" + (f": {'; '.join(labels)}." if labels else "."))
         return Reply(f"<think>{think}</think><answer>{format_answer(items, False)}</answer>", notes,
-                     labels if view.map_features is not None else [], list(masks))
+                     labels if view.map_features is not None else [], list(outlines))
 
     def stage2(self, view: TileView, prompt: str, rendered_map, rendered_sat, stage1: ParsedAnswer) -> Reply:
-        _, items, labels, masks, notes = self._find(view)
+        _, items, labels, masks, notes, drawn = self._find(view)
         out, outlines = [], []
         for it in stage1.items:
-            best, best_iou = None, 0.0
-            for cand, m in zip(items, masks):
+            best, best_iou, outline = None, 0.0, None
+            for cand, m, o in zip(items, masks, drawn):
                 iou = _box_iou(it.box, cand.box)
                 if iou > best_iou:
-                    best, best_iou = m, iou
+                    best, best_iou, outline = m, iou, o
             pts = (interior_points(best) + spread_points(best, self.max_points)) if best is not None else []
             x1, y1, x2, y2 = it.box
             pts = [p for p in pts if x1 < p[0] < x2 and y1 < p[1] < y2]
             out.append(Item(it.box, pts or [((x1 + x2) / 2, (y1 + y2) / 2)]))
-            outlines.append(best)
+            outlines.append(outline)
         think = f"Adding interior points to {len(out)} box(es) from the matched map areas."
         return Reply(f"<think>{think}</think><answer>{format_answer(out, True)}</answer>", notes, [], outlines)
 
