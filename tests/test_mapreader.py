@@ -154,3 +154,17 @@ def test_outline_option_is_checked():
 def test_the_map_reader_reads_the_tile_at_its_own_pixels():
     # a resize to the model's pixel budget would blend the legend's colours and the labels
     assert MapReader().input_size(1000, 770) == (1000, 770)
+
+
+def test_a_point_only_place_is_still_cut_from_the_image_under_map_outlines(vector_scene, sample_dir):
+    # Lakeview High School is only a point on the sample map: its street block is a guess, so the
+    # segmenter cuts it; the schools mapped as areas keep the map's outline.
+    from backend.pipeline.stages import PipelineOptions
+    counting = _Counting()
+    det = detect(vector_scene, "schools", MapReader(), counting, task="class", keep_mask=True,
+                 options=PipelineOptions(outline="map"))
+    lakeview_tiles = {t for e in det.entities if e.attrs["name"] == "Lakeview High School"
+                      for t in e.attrs["tiles"].split(",")}
+    assert counting.cut > 0 and lakeview_tiles
+    assert counting.cut <= 2 * len(lakeview_tiles)          # stage 1 and stage 2, Lakeview only
+    assert {e.attrs["segmenter"] for e in det.entities} == {"map/grabcut"}
