@@ -299,18 +299,28 @@ def data_venv_python(data: str | None = None) -> str | None:
 def run_streaming(argv: list[str], on_line, cancel=None, cwd: str | None = None, env: dict | None = None) -> int:
     """Run a command, passing each output line (stdout and stderr merged) to on_line; terminate it when
     cancel() turns true (returns -1 then)."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env or clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, encoding="utf-8", errors="replace")
+    finished = follow_lines(proc, proc.stdout, lambda line: on_line(line.rstrip("\n")), cancel)
+    rc = proc.wait() if finished else -1
+    proc.stdout.close()
+    return rc
+
+
+def follow_lines(proc: subprocess.Popen, stream, on_line, cancel=None) -> bool:
+    """Pass each line of `stream` (a pipe of `proc`) to on_line until it ends (True), or stop the
+    process as soon as cancel() turns true (False). A thread reads the pipe, so cancel is checked
+    every 0.2 s even while the process prints nothing."""
     import queue
     import threading
 
-    proc = subprocess.Popen(argv, cwd=cwd, env=env or clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, encoding="utf-8", errors="replace")
     lines: queue.Queue = queue.Queue()
 
     def drain():
         try:
-            for line in proc.stdout:
+            for line in stream:
                 lines.put(line)
-        except (OSError, ValueError):
+        except (OSError, ValueError):    # a pipe closed on cancel just stops
             pass
         lines.put(None)
 
@@ -318,15 +328,11 @@ def run_streaming(argv: list[str], on_line, cancel=None, cwd: str | None = None,
     while True:
         if cancel is not None and cancel():
             stop_process(proc)
-            proc.stdout.close()
-            return -1
+            return False
         try:
             line = lines.get(timeout=0.2)
         except queue.Empty:
             continue
         if line is None:
-            break
-        on_line(line.rstrip("\n"))
-    rc = proc.wait()
-    proc.stdout.close()
-    return rc
+            return True
+        on_line(line)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
 import threading
 
 from .deps import PLUGIN_DIR, python_executable
-from .environment import stop_process
+from .environment import follow_lines
 
 
 def worker_python(configured: str = "") -> str:
@@ -63,32 +62,26 @@ def run_worker(python: str, folder: str, progress=None, cancel=None, warn=None, 
                                 text=True, encoding="utf-8", errors="replace")
     except OSError as exc:
         raise WorkerError(f"cannot start the backend's Python {python!r}: {exc}") from None
-    lines: queue.Queue = queue.Queue()
     stderr: list[str] = []
     err_reader = threading.Thread(target=_drain, args=(proc.stderr, stderr.append), daemon=True)
-    threading.Thread(target=_drain, args=(proc.stdout, lines.put, None), daemon=True).start()
     err_reader.start()
-    error = None
-    while True:
-        if cancel is not None and cancel():
-            stop_process(proc)
-            _close(proc)
-            raise Cancelled("cancelled by the user")
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
+    errors: list[str] = []
+
+    def on_line(line: str) -> None:
         msg = contract.parse_line(line)
         if msg is None:
-            continue
+            return
         if msg.kind == "PROGRESS" and progress is not None:
             progress(msg.fraction, msg.done, msg.total, msg.text)
         elif msg.kind == "WARNING" and warn is not None:
             warn(msg.text)
         elif msg.kind == "ERROR":
-            error = msg.text
+            errors.append(msg.text)
+
+    if not follow_lines(proc, proc.stdout, on_line, cancel):
+        _close(proc)
+        raise Cancelled("cancelled by the user")
+    error = errors[-1] if errors else None
     rc = proc.wait()
     err_reader.join(timeout=5)
     _close(proc)
@@ -100,15 +93,13 @@ def run_worker(python: str, folder: str, progress=None, cancel=None, warn=None, 
     return contract.SceneResult.read(folder)
 
 
-def _drain(stream, put, *end) -> None:
-    """Copy a pipe's lines to `put` (and `end` after the last); a pipe closed on cancel just stops."""
+def _drain(stream, put) -> None:
+    """Copy a pipe's lines to `put`; a pipe closed on cancel just stops."""
     try:
         for line in stream:
             put(line)
     except (OSError, ValueError):
         pass
-    for item in end:
-        put(item)
 
 
 def _close(proc) -> None:
