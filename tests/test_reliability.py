@@ -104,18 +104,13 @@ def world(tmp_path_factory):
     (w / "empty_model").mkdir()
     # Real tiny models, saved the way real ones are.
     from backend.selftest.tiny import build_tiny_sam, build_tiny_sam2, build_tiny_vlm
-    sam2, proc = build_tiny_sam2()
-    sam2.save_pretrained(w / "sam2")
-    proc.save_pretrained(w / "sam2")
-    shutil.copytree(w / "sam2", w / "sam2_truncated")
-    st = w / "sam2_truncated" / "model.safetensors"
-    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
-    vlm, vproc = build_tiny_vlm()
-    vlm.save_pretrained(w / "vlm")
-    vproc.save_pretrained(w / "vlm")
-    shutil.copytree(w / "vlm", w / "vlm_truncated")
-    st = w / "vlm_truncated" / "model.safetensors"
-    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    for name, build in (("sam2", build_tiny_sam2), ("vlm", build_tiny_vlm)):
+        model, proc = build()
+        model.save_pretrained(w / name)
+        proc.save_pretrained(w / name)
+        shutil.copytree(w / name, w / f"{name}_truncated")
+        st = w / f"{name}_truncated" / "model.safetensors"
+        st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
     build_tiny_sam(str(w / "sam_tiny.pth"))
     (w / "sam_truncated.pth").write_bytes((w / "sam_tiny.pth").read_bytes()[:5_000_000])
     return w
