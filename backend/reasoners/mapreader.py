@@ -295,11 +295,13 @@ class MapReader(SmartResize):
         min_px = max(1, int(np.ceil(self.min_area_m2 / (pixel_m * step) ** 2)))
         items, names, masks = [], [], []
         for m in group_places(mask, pixel_m * step, min_px):
-            if step > 1:
-                m = np.repeat(np.repeat(m, step, axis=0), step, axis=1)
-            m = m[dy: dy + h, dx: dx + w]
+            # the tile's part of the place (dx, dy are multiples of step), then at the tile's pixels
+            m = m[dy // step: (dy + h + step - 1) // step, dx // step: (dx + w + step - 1) // step]
             if not m.any():
                 continue
+            if step > 1:
+                m = np.repeat(np.repeat(m, step, axis=0), step, axis=1)
+            m = m[:h, :w]
             ys, xs = np.nonzero(m)
             items.append(Item((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))))
             names.append(spec.label)
