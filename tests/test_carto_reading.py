@@ -92,3 +92,50 @@ def test_the_legend_keeps_parking_inside_places(legend):
     img[:] = hex_rgb("#eeeeee")
     from backend.reasoners.legend import INSIDE
     assert (legend.categories(img, []) == INSIDE).all()
+
+
+def _campus(split_px: int, road=ROAD):
+    """Two halves of a school's fill, split by a road `split_px` wide; 1 px = 1 m."""
+    img = np.zeros((120, 120, 3), np.uint8)
+    img[:] = LAND
+    img[10:110, 10:110] = FILL
+    img[10:20, 20:40] = img[80:100, 60:90] = BUILDING
+    img[60:60 + split_px, :] = road
+    return img
+
+
+def test_a_service_road_through_a_campus_is_part_of_it_and_a_wide_street_is_not(legend):
+    colours, _ = legend.colours_for(SCHOOLS)
+    narrow = place_mask(_campus(7), legend, colours, 1.0, legend.label_colours(SCHOOLS))
+    assert narrow[60:67, 16:104].all()                        # the service road between the halves
+    assert not narrow[60:67, :8].any()                        # not where it runs outside the campus
+    wide = place_mask(_campus(12), legend, colours, 1.0, legend.label_colours(SCHOOLS))
+    assert wide[20:58, 12:108].all() and wide[74:108, 12:108].all() and not wide[62:70, :].any()
+
+
+def test_a_red_mark_on_one_wing_makes_the_whole_hospital_theirs(legend):
+    img = _campus(7)                        # a hospital's two wings across its own service road
+    _word(img, 30, 30, HEALTH)              # its red name on the first wing only
+    colours, _ = legend.colours_for(SCHOOLS)
+    schools = place_mask(img, legend, colours, 1.0, legend.label_colours(SCHOOLS))
+    assert not schools.any()
+
+
+def test_a_label_grows_past_line_blends_but_not_into_other_land_use(legend):
+    """Carto draws a car park's outline and a road's casing in neutral grey; their antialiased
+    pixels lie within the tolerance of @residential (#e0dfdf). They are not land use: a school known
+    by its label reaches past them. A strip of real residential fill stops it."""
+    def block(between):
+        img = _town()
+        img[4:116, 0:98] = BUILDING
+        img[4:116, 0:98:14] = hex_rgb("#c4b6ab")
+        img[84:98, 0:98] = hex_rgb("#eeeeee")               # the school's car park ...
+        img[94:98, 0:98] = between
+        _word(img, 20, 70, EDU_TEXT)
+        return img
+    colours, _ = legend.colours_for(SCHOOLS)
+    labels = legend.label_colours(SCHOOLS)
+    outlined = block((224, 224, 224))                        # ... its outline blended into the lot
+    assert place_mask(outlined, legend, colours, 1.0, labels)[100:114, 10:80].mean() > 0.9
+    residential = block(hex_rgb("#e0dfdf"))                  # ... or houses' land use beyond it
+    assert place_mask(residential, legend, colours, 1.0, labels)[100:114, 10:80].mean() < 0.1

@@ -11,9 +11,14 @@ only their name in the class's label colour. So fills and labels are evidence, n
    place when it lies nearer to the evidence for it than (by FAVOUR) to the evidence against it,
    within REACH_FILL_M of a fill (where a place's fill shows, it shows wherever nothing covers it)
    or REACH_M of a label (a label is all that some places show); a building with the lawns and
-   yards it touches ('unit' colours: a house and its garden) joins or stays out as a whole;
+   yards it touches ('unit' colours: a house and its garden) joins or stays out as a whole; roads
+   up to ROAD_M wide with the place on both sides (a campus's service roads) are part of it;
+   a label's growth is stopped by land use only, not by the neutral greys that outlines and road
+   casings blend into (no Carto land-use fill is a neutral grey; a campus is full of them), while
+   a fill stops at anything drawn beside it, those blends included;
 3. a region of a shared fill that carries another class's label or icon and none of its own is
-   that class's place, and evidence against (Carto: a hospital has the schools' fill, red marks);
+   that class's place, and evidence against (Carto: a hospital has the schools' fill, red marks;
+   its wings across its own service roads are one region, so one red name marks them all);
 4. gaps are bridged, holes filled, and fragments a few metres apart are grouped into one place.
 The constants were chosen on the real Porto render (the project README gives the scores), so Porto's
 numbers are in-sample.
@@ -35,6 +40,7 @@ BRIDGE_M = 5.0          # gaps this wide through a place (paths, label strokes) 
 GROUP_M = 12.0          # fragments closer than this are one place
 SEAL_M = 2.0            # gaps this wide in a road (its name written over it) are still road
 UNIT_SHARE = 0.5        # a building joins when this share of it lies near the evidence
+ROAD_M = 8.0            # a road this wide between two parts of a place is part of it
 # Words of a label: runs of text-coloured pixels (with their halo blend) this large at ~1 m/px; an
 # icon or a single letter is smaller and says less about where an area lies.
 WORD_MIN_PX, WORD_MIN_WIDTH_PX, MARK_MIN_PX = 25, 20, 10
@@ -194,13 +200,14 @@ def _grow(img: Colours, legend: Legend, cat: np.ndarray, seed: np.ndarray, words
     """Steps 1-2 of the module docstring: the evidence and what lies nearer to it than to the evidence
     against, within its street blocks. A fill reaches less far than a label: where a place's fill
     shows, it shows wherever nothing covers it."""
-    d_against = ndimage.distance_transform_edt(~against) if against.any() else np.full(cat.shape, np.inf)
     near = np.zeros(cat.shape, bool)
     evidence = seed.copy()
-    for found, reach in ((seed, fill_reach or REACH_FILL_M), (words, REACH_M)):
+    for found, reach, stop in ((seed, fill_reach or REACH_FILL_M, None), (words, REACH_M, _blends(img, legend))):
         if found is None or not found.any():
             continue
+        stop = against if stop is None else against & ~stop
         d_for = ndimage.distance_transform_edt(~found)
+        d_against = ndimage.distance_transform_edt(~stop) if stop.any() else np.inf
         near |= (d_for < FAVOUR * d_against) & (d_for * pixel_m <= reach)
         evidence |= found
     near &= (cat != OUTSIDE) & (cat != BARRIER)
@@ -218,7 +225,20 @@ def _grow(img: Colours, legend: Legend, cat: np.ndarray, seed: np.ndarray, words
     has = np.zeros(n + 1, bool)
     has[np.unique(blocks[evidence])] = True
     has[0] = False
-    return place & (has[blocks] | evidence)
+    place &= has[blocks] | evidence
+    return place | (_close(place, max(1, int(round(ROAD_M / 2 / pixel_m)))) & (cat == BARRIER))
+
+
+def _blends(img: Colours, legend: Legend) -> np.ndarray:
+    """Per pixel: an exact neutral grey that is not itself a listed colour: in Carto the blend of a
+    grey line (road casing, car-park outline) with what lies under it, never a land-use fill."""
+    rgb = img.rgb
+    grey = (rgb[:, 0] == rgb[:, 1]) & (rgb[:, 1] == rgb[:, 2])
+    listed = {tuple(c) for group in (legend.inside, legend.outside, legend.barriers, legend.units) for c in group}
+    listed |= set(legend.fills)
+    for k in np.flatnonzero(grey):
+        grey[k] = tuple(rgb[k].tolist()) not in listed
+    return grey[img.index]
 
 
 def _close(mask: np.ndarray, radius: int) -> np.ndarray:
