@@ -38,6 +38,23 @@ def test_unknown_class_suggests_and_names_the_alternative():
         resolve_query("schol", "class")
 
 
+def test_a_truth_file_may_name_a_class_by_its_synonym(tmp_path, vector_scene):
+    # Porto's truth.geojson says "college" where the class table says university (a synonym of it)
+    import json
+    import shapely
+    g = vector_scene.grid
+    x0, y0 = g.transform.c + 50 * g.resolution, g.transform.f - 150 * g.resolution
+    box = shapely.box(x0, y0, x0 + 100 * g.resolution, y0 + 100 * g.resolution)
+    feats = [{"type": "Feature", "properties": {"name": "A college", "class": "College"},
+              "geometry": shapely.geometry.mapping(box)}]
+    path = tmp_path / "truth.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats,
+                                "crs": {"type": "name", "properties": {"name": g.crs.to_string()}}}))
+    for query, task in (("educational", "function"), ("universities", "class")):
+        assert truth_mask_for(str(path), g, query, task).sum() == 10000
+    assert not truth_mask_for(str(path), g, "schools", "class").any()
+
+
 @pytest.mark.parametrize("query", ["schools", "parks"])
 def test_vector_default_finds_the_sample_with_high_iou(vector_scene, sample_dir, query):
     det = detect(vector_scene, query, MapReader(), GrabCutSegmenter(), keep_mask=True)

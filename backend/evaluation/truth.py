@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..pipeline.query import name_score, normalise, resolve_query
+from ..pipeline.query import canonical_class, name_score, normalise, resolve_query
 from ..geo.raster import rasterize
 from ..geo.vectormap import VectorMap
 
@@ -17,7 +17,9 @@ def truth_mask_for(path: str, grid, query: str, task: str | None) -> np.ndarray:
         if spec.kind == "name":
             ok = name_score(query, f.name) >= 0.8
         else:
-            ok = normalise(str(f.props.get("class", ""))) in wanted
+            # a truth file may use the table's synonyms ('college' is the class university)
+            label = str(f.props.get("class") or "")
+            ok = normalise(canonical_class(label) or label) in wanted
         if ok:
             geoms.append(f.geometry)
     if not geoms:

@@ -74,6 +74,12 @@ def _lookup(kind_key: str, phrase: str) -> str | None:
     return None
 
 
+def canonical_class(phrase: str) -> str | None:
+    """The class table's name for a class word, its synonyms and plurals included ('colleges' ->
+    'university'), or None."""
+    return _lookup("classes", normalise(phrase)) if phrase and phrase.strip() else None
+
+
 def known_terms() -> list[str]:
     t = _table()
     return sorted(list(t["classes"]) + list(t["functions"]))
