@@ -259,11 +259,16 @@ def cmd_detect(args) -> int:
         from .evaluation.metrics import mask_iou
         from .evaluation.truth import truth_mask_for
         truth = truth_mask_for(args.truth, g, args.query, args.task)
+        # Score only where the inputs have data: truth beyond the imagery or the map cannot be found.
+        whole = scene.whole()
+        outside = int((truth & ~whole[2]).sum())
+        truth &= whole[2]
         print(f"IoU against {args.truth}: {mask_iou(result.mask, truth):.3f} "
-              f"(truth {int(truth.sum())} px, detected {int(result.mask.sum())} px)")
+              f"(truth {int(truth.sum())} px, detected {int(result.mask.sum())} px"
+              + (f"; {outside} px of truth where the inputs have no data left out)" if outside else ")"))
     if args.preview:
         try:
-            sat_rgb, map_rgb, _ = scene.whole()
+            sat_rgb, map_rgb, _ = whole if args.truth else scene.whole()
             write_preview(args.preview, sat_rgb, map_rgb, result.mask,
                           truth if truth is not None and truth.any() else None, overwrite=args.overwrite)
         except SocioSegError as exc:

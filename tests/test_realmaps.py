@@ -188,3 +188,18 @@ def test_a_legend_of_fills_only_does_not_flood_the_map(tmp_path):
     legend = Legend(str(path))
     mask = place_mask(img, legend, legend.colours_for(["park"])[0], 1.0)
     assert mask[10:30, 10:30].all() and not mask[35:, :].any() and mask.sum() == 400
+
+
+@needs_porto
+def test_the_cli_scores_porto_carto_like_the_benchmark(tmp_path, capsys):
+    # the user's command: --truth names college (a synonym of university) and reaches beyond the
+    # imagery; the CLI counts the former and leaves the latter out, as benchmarks/real_maps.py does
+    from backend.cli import main
+    out = tmp_path / "educational.gpkg"
+    rc = main(["detect", "--satellite", os.path.join(PORTO, "satellite.tif"), "--map",
+               os.path.join(PORTO, "map_carto.tif"), "--query", "educational", "--task", "function",
+               "--out", str(out), "--truth", os.path.join(PORTO, "truth.geojson")])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.exists()
+    iou = float(text.split("IoU against")[1].split(":")[1].split()[0])
+    assert iou >= 0.45 and "where the inputs have no data left out" in text
