@@ -202,10 +202,11 @@ def _grow(img: Colours, legend: Legend, cat: np.ndarray, seed: np.ndarray, words
     shows, it shows wherever nothing covers it."""
     near = np.zeros(cat.shape, bool)
     evidence = seed.copy()
-    for found, reach, stop in ((seed, fill_reach or REACH_FILL_M, None), (words, REACH_M, _blends(img, legend))):
+    for found, reach, is_label in ((seed, fill_reach or REACH_FILL_M, False), (words, REACH_M, True)):
         if found is None or not found.any():
             continue
-        stop = against if stop is None else against & ~stop
+        # a fill's edge is wherever anything else is drawn; a label is stopped by land use only
+        stop = against & ~_blends(img, legend) if is_label else against
         d_for = ndimage.distance_transform_edt(~found)
         d_against = ndimage.distance_transform_edt(~stop) if stop.any() else np.inf
         near |= (d_for < FAVOUR * d_against) & (d_for * pixel_m <= reach)
