@@ -41,9 +41,11 @@ GROUP_M = 12.0          # fragments closer than this are one place
 SEAL_M = 2.0            # gaps this wide in a road (its name written over it) are still road
 UNIT_SHARE = 0.5        # a building joins when this share of it lies near the evidence
 ROAD_M = 8.0            # a road this wide between two parts of a place is part of it
-# Words of a label: runs of text-coloured pixels (with their halo blend) this large at ~1 m/px; an
-# icon or a single letter is smaller and says less about where an area lies.
-WORD_MIN_PX, WORD_MIN_WIDTH_PX, MARK_MIN_PX = 25, 20, 10
+# Words of a label: runs of text-coloured pixels (with their halo blend) at ~1 m/px, at least about
+# four letters wide; an icon or a single letter is narrower and says less about where an area lies.
+# The span decides more than the pixel count: a map whose pixels are a little finer than the reading
+# lattice loses strokes (not letters) depending on where the grid's pixels fall.
+WORD_MIN_PX, WORD_MIN_WIDTH_PX, MARK_MIN_PX = 15, 30, 10
 
 
 def hex_rgb(h: str) -> tuple[int, int, int]:
