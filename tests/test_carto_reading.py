@@ -139,3 +139,15 @@ def test_a_label_grows_past_line_blends_but_not_into_other_land_use(legend):
     assert place_mask(outlined, legend, colours, 1.0, labels)[100:114, 10:80].mean() > 0.9
     residential = block(hex_rgb("#e0dfdf"))                  # ... or houses' land use beyond it
     assert place_mask(residential, legend, colours, 1.0, labels)[100:114, 10:80].mean() < 0.1
+
+
+def test_a_red_name_written_at_the_edge_of_the_fill_still_marks_it(legend):
+    # Carto's white halo around a label reads as road, so letters at the fill's edge can fall just
+    # outside the fill's region; they still say whose region it is
+    img = np.zeros((100, 120, 3), np.uint8)
+    img[:] = LAND
+    img[10:60, 10:110] = FILL
+    img[46:60, 28:62] = ROAD                # the halo: as white as a road, all round the name
+    _word(img, 30, 49, HEALTH)
+    colours, _ = legend.colours_for(SCHOOLS)
+    assert not place_mask(img, legend, colours, 1.0, legend.label_colours(SCHOOLS)).any()

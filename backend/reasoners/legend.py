@@ -41,6 +41,7 @@ GROUP_M = 12.0          # fragments closer than this are one place
 SEAL_M = 2.0            # gaps this wide in a road (its name written over it) are still road
 UNIT_SHARE = 0.5        # a building joins when this share of it lies near the evidence
 ROAD_M = 8.0            # a road this wide between two parts of a place is part of it
+MARK_REACH_M = 4.0      # a label or mark this near a region of a shared fill speaks for it
 # Words of a label: runs of text-coloured pixels (with their halo blend) at ~1 m/px, at least about
 # four letters wide; an icon or a single letter is narrower and says less about where an area lies.
 # The span decides more than the pixel count: a map whose pixels are a little finer than the reading
@@ -185,7 +186,11 @@ def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((
         # class's place (Carto: a hospital has the schools' fill, and red names and icons).
         regions, n = ndimage.label(_grow(img, legend, cat, seed, None, cat == OUTSIDE, pixel_m, REACH_M))
         marks = text_pixels(img, other, MARK_MIN_PX, 1)
-        foreign = (np.bincount(regions[marks], minlength=n + 1) > 0) & ~(np.bincount(regions[words], minlength=n + 1) > 0)
+        # A label's white halo reads as road, so its letters may lie just outside the region they
+        # name: a word or mark counts for the region within MARK_REACH_M of it.
+        dist, (iy, ix) = ndimage.distance_transform_edt(regions == 0, return_indices=True)
+        owner = np.where(dist * pixel_m <= MARK_REACH_M, regions[iy, ix], 0)
+        foreign = (np.bincount(owner[marks], minlength=n + 1) > 0) & ~(np.bincount(owner[words], minlength=n + 1) > 0)
         foreign[0] = False
         theirs = foreign[regions]
         seed &= ~theirs
