@@ -2,7 +2,10 @@
 
 Each layer group is rendered by QGIS block by block (one QgsMapSettings per block extent) straight into
 a GeoTIFF on the grid, so no whole-area image is ever held in QGIS's memory, and a cancel is honoured
-between blocks. The block's georeference is read back from the rendered settings' visibleExtent()
+between blocks. A map group with an XYZ tile layer (QGIS's standard OpenStreetMap layer) is rendered at
+the tiles' own pixels in Web Mercator and then resampled onto the grid with nearest neighbour: QGIS
+draws XYZ tiles smoothed wherever it scales them, which blends the legend's exact colours and the
+labels' strokes the map reader reads. The block's georeference is read back from the rendered settings' visibleExtent()
 (QGIS widens an extent to the output's aspect ratio) and checked against the grid. Vector map layers
 also go to a GeoPackage (QGIS's own writer), reprojected to the grid's CRS, for the map reader.
 
@@ -15,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsMapLayer,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDataSourceUri, QgsMapLayer,
                        QgsMapRendererCustomPainterJob, QgsMapSettings, QgsProject, QgsRectangle,
                        QgsUnitTypes, QgsVectorFileWriter, QgsVectorLayer)
 from qgis.PyQt.QtCore import QSize
@@ -24,6 +27,7 @@ from qgis.PyQt.QtGui import QColor, QImage, QPainter
 CARTO_BACKGROUND = (242, 239, 233)   # a vector map is drawn on OSM Carto's land colour, like the training maps
 BLOCK = 1024                         # pixels per rendered block side: bounds QGIS's memory per layer group
 MARGIN = 32                          # rendered around each block and cut off, so symbols at block edges are whole
+MERCATOR_HALF = 20037508.342789244   # EPSG:3857's half extent: XYZ tile grids start at (-HALF, HALF)
 
 
 def units_per_metre(crs: QgsCoordinateReferenceSystem) -> float:
@@ -136,6 +140,72 @@ def render_to_geotiff(layers, grid, crs, path: str, background=None, progress=No
         ds = None   # closes the file (GDAL's Python idiom)
 
 
+def xyz_zooms(layer) -> tuple[int, int, float] | None:
+    """(zmin, zmax, tile pixel ratio) of an XYZ tile layer, None for any other layer."""
+    if layer.type() != QgsMapLayer.RasterLayer or layer.providerType() != "wms":
+        return None
+    uri = QgsDataSourceUri()
+    uri.setEncodedUri(layer.source())
+    if uri.param("type") != "xyz":
+        return None
+
+    def number(name, default):
+        try:
+            return float(uri.param(name)) if uri.param(name) else default
+        except ValueError:
+            return default
+    return int(number("zmin", 0)), int(number("zmax", 19)), number("tilePixelRatio", 0) or 1.0
+
+
+def tile_grid(grid, crs, zooms):
+    """The Web Mercator grid of an XYZ layer's own pixels over `grid` (and a few pixels around), at the
+    zoom whose pixels are nearest the grid's, within the layer's zoom range."""
+    from ..backend.contract import GridSpec
+
+    zmin, zmax, ratio = zooms
+    merc = QgsCoordinateReferenceSystem("EPSG:3857")
+    a, _, x_min, _, e, y_max = grid.transform
+    box = QgsRectangle(x_min, y_max + grid.height * e, x_min + grid.width * a, y_max)
+    box = QgsCoordinateTransform(crs, merc, QgsProject.instance()).transformBoundingBox(box)
+    per_px = max(box.width() / grid.width, box.height() / grid.height)
+    level = lambda z: 2 * MERCATOR_HALF / (256 * ratio * 2 ** z)
+    z = min(max(int(round(math.log2(level(0) / per_px))), zmin), max(zmin, zmax))
+    res = level(z)
+    c0 = math.floor((box.xMinimum() + MERCATOR_HALF) / res) - 2
+    c1 = math.ceil((box.xMaximum() + MERCATOR_HALF) / res) + 2
+    r0 = math.floor((MERCATOR_HALF - box.yMaximum()) / res) - 2
+    r1 = math.ceil((MERCATOR_HALF - box.yMinimum()) / res) + 2
+    return GridSpec(merc.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED),
+                    (res, 0.0, c0 * res - MERCATOR_HALF, 0.0, -res, MERCATOR_HALF - r0 * res), c1 - c0, r1 - r0), z
+
+
+def render_map_to_geotiff(layers, grid, crs, path: str, background=None, progress=None, cancel=None) -> bool:
+    """render_to_geotiff, except that a group with an XYZ tile layer is rendered at the tiles' own
+    pixels and then resampled onto the grid with nearest neighbour (see the module docstring)."""
+    zooms = next((z for z in map(xyz_zooms, layers) if z is not None), None)
+    if zooms is None:
+        return render_to_geotiff(layers, grid, crs, path, background, progress, cancel)
+    from osgeo import gdal
+
+    native, _ = tile_grid(grid, crs, zooms)
+    tmp = path + ".tiles.tif"
+    try:
+        drawn = render_to_geotiff(layers, native, QgsCoordinateReferenceSystem("EPSG:3857"), tmp, background,
+                                  progress, cancel)
+        a, _, x_min, _, e, y_max = grid.transform
+        out = gdal.Warp(path, tmp, format="GTiff", dstSRS=grid.crs_wkt, resampleAlg="near",
+                        outputBounds=(x_min, y_max + grid.height * e, x_min + grid.width * a, y_max),
+                        width=grid.width, height=grid.height, errorThreshold=0,
+                        creationOptions=["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER"])
+        if out is None:
+            raise OSError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
+        out = None      # closes the file (GDAL's Python idiom)
+        return drawn
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_features(layers, crs, extent: QgsRectangle, path: str) -> int:
     """Every vector layer's features inside `extent` (in `crs`) into one GeoPackage, one table per layer,
     reprojected to `crs` with QGIS's own writer; returns how many features were written."""
@@ -196,8 +266,8 @@ def capture_scene(folder: str, sat_layer, map_layers: list, extent: QgsRectangle
                               progress=step(0.0, 0.45), cancel=cancel)
     if not drawn:
         raise InputError(f"the Satellite layer '{sat_layer.name()}' has no pixels in this Area")
-    drawn = render_to_geotiff(_tree_order(map_layers), grid, crs, os.path.join(folder, contract.MAP_FILE),
-                              CARTO_BACKGROUND if all_vector else None, step(0.45, 0.9), cancel)
+    drawn = render_map_to_geotiff(_tree_order(map_layers), grid, crs, os.path.join(folder, contract.MAP_FILE),
+                                  CARTO_BACKGROUND if all_vector else None, step(0.45, 0.9), cancel)
     if not drawn:
         raise InputError("the Map layers have no pixels in this Area")
     features = None
