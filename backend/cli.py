@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from .contract import OUTLINES
 from .errors import Cancelled, SocioSegError
 
 log = logging.getLogger("backend")
@@ -44,7 +45,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="read answers with json.loads only, as released (default: salvage answers it rejects)")
     f.add_argument("--keep-coarse", action="store_true",
                    help="keep the stage-1 mask when stage 2 answers nothing usable (released: an empty mask)")
-    f.add_argument("--outline", choices=("map", "image"), default="map",
+    f.add_argument("--outline", choices=OUTLINES, default="map",
                    help="where the map reader read a place's outline off the map: take it as the place's "
                         "outline (map, default) or let the segmenter cut the place from the satellite image "
                         "(image, as the released procedure does with any reasoner)")

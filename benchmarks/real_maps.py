@@ -29,7 +29,8 @@ import shapely  # noqa: E402
 from backend.geo.raster import rasterize  # noqa: E402
 from backend.geo.vectormap import _reproject  # noqa: E402
 from backend.pipeline.detect import detect, load_scene  # noqa: E402
-from backend.pipeline.stages import OUTLINES, PipelineOptions  # noqa: E402
+from backend.contract import OUTLINES  # noqa: E402
+from backend.pipeline.stages import PipelineOptions  # noqa: E402
 from backend.reasoners.mapreader import MapReader  # noqa: E402
 from backend.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402

@@ -176,7 +176,7 @@ def tile_grid(grid, crs, zooms):
     r0 = math.floor((MERCATOR_HALF - box.yMaximum()) / res) - 2
     r1 = math.ceil((MERCATOR_HALF - box.yMinimum()) / res) + 2
     return GridSpec(merc.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED),
-                    (res, 0.0, c0 * res - MERCATOR_HALF, 0.0, -res, MERCATOR_HALF - r0 * res), c1 - c0, r1 - r0), z
+                    (res, 0.0, c0 * res - MERCATOR_HALF, 0.0, -res, MERCATOR_HALF - r0 * res), c1 - c0, r1 - r0)
 
 
 def render_map_to_geotiff(layers, grid, crs, path: str, background=None, progress=None, cancel=None) -> bool:
@@ -187,7 +187,7 @@ def render_map_to_geotiff(layers, grid, crs, path: str, background=None, progres
         return render_to_geotiff(layers, grid, crs, path, background, progress, cancel)
     from osgeo import gdal
 
-    native, _ = tile_grid(grid, crs, zooms)
+    native = tile_grid(grid, crs, zooms)
     tmp = path + ".tiles.tif"
     try:
         drawn = render_to_geotiff(layers, native, QgsCoordinateReferenceSystem("EPSG:3857"), tmp, background,

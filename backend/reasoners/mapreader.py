@@ -291,7 +291,8 @@ class MapReader(SmartResize):
             # the reading lattice stays the tile's own (grid edges may clip the margin)
             img, dx, dy = img[dy % step:, dx % step:], dx - dx % step, dy - dy % step
         small = img[::step, ::step]
-        mask = place_mask(small, self.legend, colours, pixel_m * step, self.legend.label_colours(spec.classes))
+        labels = self.legend.label_colours(spec.classes)
+        mask = place_mask(small, self.legend, colours, pixel_m * step, labels)
         min_px = max(1, int(np.ceil(self.min_area_m2 / (pixel_m * step) ** 2)))
         items, names, masks = [], [], []
         for m in group_places(mask, pixel_m * step, min_px):
@@ -308,7 +309,7 @@ class MapReader(SmartResize):
             masks.append(m)
         notes = []
         if others and items:
-            told = " where no label or icon on the map says which" if any(self.legend.label_colours(spec.classes)) else ""
+            told = " where no label or icon on the map says which" if any(labels) else ""
             notes.append(f"the map legend ({self.legend.name}) cannot tell {spec.label} from "
                          f"{', '.join(sorted(others))}{told}")
         return items, names, masks, notes
