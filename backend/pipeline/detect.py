@@ -1,12 +1,21 @@
-"""A whole request: a grid over the inputs, tiles read and run one window at a time, masks merged
-across seams into entities in a band (seams.py), finished tiles kept for --resume (resume.py)."""
+"""A whole request as three plain steps that any executor drives (backend/executors):
+
+1. `plan`: the tile list and the run record (the tile folder and its request key, the band merger,
+   the tiles already finished there for --resume).
+2. `run_tiles`: one tile or a batch, pure: a scene's windows and the engines in, one `TileRecord` per
+   tile out (`TileStore.write` makes it a tile result file, which is what a distributed worker hands
+   back).
+3. `RunPlan.add` / `RunPlan.finish` (`merge`): tile results into entities across seams, in a band that
+   moves down the grid (seams.py), whatever order the tiles arrive in.
+
+A run's settings are one `RunSettings`; `detect()` is the local executor over them. --resume falls out
+of step 1: a tile result on disk is a finished tile."""
 from __future__ import annotations
 
 import functools
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,14 +28,43 @@ from ..geo import grid as geo
 from ..geo.raster import polygons
 from ..geo.vectormap import VectorMap, is_vector_path, units_per_metre
 from ..geo.window import GridRaster, MapWindows, require_valid
-from .resume import TileStore, file_identity, request_key
+from .resume import TileStore, engine_identity, file_identity, request_key, shared_tables_identity
 from .seams import BandMerger, Entity, TileRecord, entity_attrs
 from .stages import (CancelCheck, PipelineOptions, Progress, SegmenterSession, TileResult, check_cancel,
                      dump_tile, make_view, run_batch)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Scene", "Entity", "Detection", "load_scene", "detect", "vectorise", "drop_small"]
+__all__ = ["Scene", "SceneSource", "Entity", "Detection", "RunSettings", "EngineFacts", "RunPlan", "load_scene",
+           "plan", "run_tiles", "detect", "vectorise", "drop_small"]
+
+
+@dataclass(frozen=True)
+class SceneSource:
+    """Where a scene's pixels come from, as plain data (paths and the grid): what a worker on another
+    process or machine needs to open the same scene (`open`). Paths must be readable there too."""
+    satellite: str
+    map: str
+    grid: geo.Grid
+    tiles: tuple = ()
+
+    def open(self, vmap: VectorMap | None = None) -> "Scene":
+        """`vmap`: the vector map already read in the grid's CRS (saves reading it again)."""
+        sat = GridRaster(self.satellite, self.grid)
+        vector = is_vector_path(self.map)
+        try:
+            require_valid(sat, "satellite")
+            if vector and vmap is None:
+                vmap = VectorMap.read(self.map, self.grid.crs)
+            map_src = MapWindows(vmap.features, self.grid) if vector else \
+                GridRaster(self.map, self.grid, Resampling.nearest)
+            if not vector:
+                require_valid(map_src, "map")
+        except BaseException:
+            sat.close()
+            raise
+        return Scene(self.grid, None, None, None, list(self.tiles), vmap, (sat, map_src, not vector),
+                     {"satellite": file_identity(self.satellite), "map": file_identity(self.map)}, source=self)
 
 
 @dataclass
@@ -43,6 +81,7 @@ class Scene:
     map_features: VectorMap | None = None
     sources: tuple | None = None            # (satellite GridRaster, map GridRaster | MapWindows, map masks)
     inputs: dict = field(default_factory=dict)   # what identifies the inputs, for --resume
+    source: SceneSource | None = None       # how another process opens this scene (files only)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def read(self, tile: geo.Tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,8 +128,7 @@ def load_scene(satellite: str, map_path: str, *, crs=None, resolution: float = g
         if not p or not os.path.exists(p):
             raise InputError(f"{what} file {p!r} does not exist")
     footprints = [geo.raster_footprint(satellite)]
-    vector = is_vector_path(map_path)
-    if vector:
+    if is_vector_path(map_path):
         target = crs or geo.default_crs(*footprints[0])
         vmap = VectorMap.read(map_path, target)
         vb = shapely.total_bounds([f.geometry for f in vmap.features])
@@ -100,147 +138,193 @@ def load_scene(satellite: str, map_path: str, *, crs=None, resolution: float = g
         footprints.append(geo.raster_footprint(map_path))
     grid = geo.plan_grid(footprints, crs=crs, resolution=resolution, bbox=bbox, bbox_crs=bbox_crs)
     tiles = geo.tile_layout(grid.width, grid.height, tile_size, overlap, max_tiles)
-    sat = GridRaster(satellite, grid)
-    try:
-        require_valid(sat, "satellite")
-        # vmap is already in the grid's CRS (target)
-        map_src = MapWindows(vmap.features, grid) if vector else GridRaster(map_path, grid, Resampling.nearest)
-        if not vector:
-            require_valid(map_src, "map")
-    except BaseException:
-        sat.close()
-        raise
-    inputs = {"satellite": file_identity(satellite), "map": file_identity(map_path)}
-    return Scene(grid, None, None, None, tiles, vmap, (sat, map_src, not vector), inputs)
+    # vmap is in `target`, the grid's CRS
+    return SceneSource(satellite, map_path, grid, tuple(tiles)).open(vmap)
 
 
 @dataclass
 class Detection:
     grid: geo.Grid
-    mask: np.ndarray | None          # the whole-area mask, only when detect(keep_mask=True)
+    mask: np.ndarray | None          # the whole-area mask, only when keep_mask
     entities: list[Entity]
     tiles: list[TileResult] = field(default_factory=list)
     resumed: int = 0                 # tiles read back from the tile folder instead of computed
+    asked: int = 0                   # tiles with data, put to the reasoner (resumed ones included)
+    answered: int = 0                # of those, tiles whose stage-2 answer was usable
+    unanswered_notes: dict = field(default_factory=dict)   # why the others were not: note -> tiles
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything about a run that is not the scene or the engines."""
+    query: str
+    task: str | None = None
+    options: PipelineOptions = field(default_factory=PipelineOptions)
+    batch_size: int = 1               # tiles per batched model call in process
+    concurrency: int | None = None    # tiles in flight to a model server (default: the reasoner's own)
+    keep_mask: bool = False           # build the whole-area mask (--truth, --preview)
+    keep_tiles: bool = False          # keep every TileResult in memory (tests, benchmarks)
+    dump_dir: str | None = None
+    tiles_dir: str | None = None      # finished tiles kept here (OUT.tiles/)
+    resume: bool = False              # reuse finished tiles found in tiles_dir
 
 
-def detect(scene: Scene, query: str, reasoner, segmenter, task: str | None = None,
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the driver needs to know of the engines without holding them (a distributed run loads
+    them on its workers only)."""
+    reasoner: str
+    segmenter: str                    # what drew the outlines (see `of`)
+    min_area_m2: float
+    input_size: tuple | None          # the reasoner's model size of the first tile
+    identity: dict                    # what identifies the engines' behaviour, for --resume
+
+    @classmethod
+    def of(cls, reasoner, segmenter, scene: Scene, settings: RunSettings) -> "EngineFacts":
+        """Asks the reasoner to `prepare` for the request (its refusals come before any tile folder)."""
+        if hasattr(reasoner, "prepare"):
+            reasoner.prepare(settings.query, settings.task, scene.map_features)
+        # The output's `segmenter` says what drew the outlines: "map/grabcut" where the reader's own were
+        # taken, and the segmenter cut only the places the map has as points.
+        from_map = settings.options.outline == "map" and getattr(reasoner, "reads_outlines", False)
+        first = scene.tiles[0] if scene.tiles else None
+        return cls(reasoner.name, f"map/{segmenter.name}" if from_map else segmenter.name,
+                   float(getattr(reasoner, "min_area_m2", 0.0) or 0.0),
+                   tuple(reasoner.input_size(first.height, first.width)) if first else None,
+                   {"reasoner": engine_identity(reasoner), "segmenter": engine_identity(segmenter),
+                    "generation": getattr(reasoner, "generation_record", lambda: None)(),
+                    "tables": shared_tables_identity()})
+
+
+@dataclass
+class RunPlan:
+    """A planned run: the tiles still to compute (`todo`) and the merge that every finished tile goes
+    to (`add`), whichever executor computed it."""
+    scene: Scene
+    settings: RunSettings
+    facts: EngineFacts
+    merger: BandMerger
+    store: TileStore | None
+    todo: list[geo.Tile]
+    resumed: int = 0
+    done: int = 0
+    kept: list = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def total(self) -> int:
+        return len(self.scene.tiles)
+
+    def add(self, rec: TileRecord, computed: bool = True, result: TileResult | None = None,
+            saved: bool = False) -> None:
+        """A finished tile: kept on disk (unless `saved` already, by a worker) and merged."""
+        with self._lock:
+            if self.store is not None and computed and not saved:
+                self.store.save(rec)
+            self.merger.add(rec)
+            self.done += 1
+            if result is not None and self.settings.keep_tiles:
+                self.kept.append((rec.tile, result))
+
+    def finish(self) -> Detection:
+        try:
+            entities = self.merger.finish()
+        finally:
+            self.close()
+        self.kept.sort(key=lambda item: (item[0].row, item[0].col))
+        m = self.merger
+        return Detection(self.scene.grid, m.mask, entities, [r for _, r in self.kept], self.resumed,
+                         m.asked, m.answered, dict(m.unanswered_notes))
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def plan(scene: Scene, settings: RunSettings, facts: EngineFacts,
+         progress: Progress | None = None) -> RunPlan:
+    """Step 1: the run record, the merge, and the tiles left to compute (finished tiles of an
+    interrupted run are read back from the tile folder with --resume and merged now)."""
+    grid = scene.grid
+    store = None
+    if settings.tiles_dir:
+        store = TileStore(settings.tiles_dir, request_key(
+            inputs=scene.inputs, crs=grid.crs.to_wkt(), transform=list(grid.transform)[:6],
+            size=[grid.width, grid.height], tiles=[[t.x0, t.y0, t.width, t.height] for t in scene.tiles],
+            query=settings.query, task=settings.task, reasoner=facts.reasoner, segmenter=facts.segmenter,
+            engines=facts.identity, input_size=list(facts.input_size) if facts.input_size else None,
+            options=vars(settings.options)), settings.resume)
+    merger = BandMerger(grid, scene.tiles, settings.query, settings.task, facts.reasoner, facts.segmenter,
+                        facts.min_area_m2, settings.keep_mask)
+    run = RunPlan(scene, settings, facts, merger, store, [])
+    try:
+        for tile in scene.tiles:
+            rec = store.load(tile) if store is not None and settings.resume else None
+            if rec is not None:
+                run.add(rec, computed=False)
+                run.resumed += 1
+            else:
+                run.todo.append(tile)
+    except BaseException:
+        run.close()
+        raise
+    if run.resumed:
+        log.info("resumed %d finished tile(s) from %s", run.resumed, settings.tiles_dir)
+        if progress:
+            progress(run.done / max(run.total, 1), f"resumed {run.resumed} finished tile(s) ({run.done}/{run.total})")
+    return run
+
+
+def run_tiles(scene: Scene, tiles: list[geo.Tile], settings: RunSettings, reasoner,
+              session: SegmenterSession, cancel: CancelCheck | None = None,
+              on_stage=None) -> list[tuple[TileRecord, TileResult | None]]:
+    """Step 2: one tile or a batch through both stages. Reads the tiles' windows, returns each
+    tile's record (and its full result; None for a tile without valid pixels). Writes nothing but
+    the --dump folder."""
+    check_cancel(cancel)
+    grid = scene.grid
+    out: dict[str, tuple[TileRecord, TileResult | None]] = {}
+    views, windows = [], []
+    for tile in tiles:
+        sat, map_rgb, valid = scene.read(tile)
+        if valid.any():
+            views.append(make_view(map_rgb, sat, settings.query, reasoner, task=settings.task,
+                                   transform=grid.window_transform(tile.x0, tile.y0), crs=grid.crs,
+                                   tile_id=tile.id, map_features=scene.map_features,
+                                   map_around=None if scene.map_features is not None
+                                   else functools.partial(scene.map_around, tile)))
+            windows.append((tile, valid))
+        else:
+            log.info("%s has no valid pixels; skipped", tile.id)
+            out[tile.id] = (TileRecord.empty(tile), None)
+        del sat, map_rgb
+    results = run_batch(views, reasoner, session, settings.options, cancel, on_stage) if views else []
+    for (tile, valid), result in zip(windows, results):
+        if settings.dump_dir:
+            dump_tile(result, settings.dump_dir, {"row": tile.row, "col": tile.col, "x0": tile.x0, "y0": tile.y0,
+                                                  "tile_transform": list(grid.window_transform(tile.x0, tile.y0).to_gdal())})
+        out[tile.id] = (TileRecord.from_result(tile, result, valid), result)
+    return [out[t.id] for t in tiles]
+
+
+def detect(scene: Scene, query: str | RunSettings, reasoner, segmenter, task: str | None = None,
            progress: Progress | None = None, cancel: CancelCheck | None = None,
            dump_dir: str | None = None, keep_tiles: bool = False, options: PipelineOptions | None = None,
            batch_size: int = 1, concurrency: int | None = None, keep_mask: bool = False,
            tiles_dir: str | None = None, resume: bool = False) -> Detection:
-    """All tiles through both stages, merged across seams into entities.
+    """All tiles through both stages in this process (the local executor), merged across seams into
+    entities. `query` may be a whole `RunSettings`; the keyword arguments are its fields otherwise.
 
     Each tile's window is read when the tile runs and merged as soon as its tile row is complete, so
     memory does not grow with the area (`keep_mask` and `keep_tiles` keep whole-area results on
     request). `tiles_dir` keeps every finished tile on disk; with `resume`, tiles found there are read
-    back instead of computed (the caller removes the folder once the output is written).
+    back instead of computed (the caller removes the folder once the output is written)."""
+    from ..executors.local import LocalExecutor
 
-    `batch_size` tiles go through each stage together (one batched `generate` in process). A reasoner
-    that talks to a server (`concurrency` > 1, default: the reasoner's own) runs that many tiles at
-    once in threads instead, each tile's stage 2 starting as soon as its coarse mask is rendered;
-    the segmenter is shared under a lock."""
-    grid = scene.grid
-    if hasattr(reasoner, "prepare"):   # its refusals come before the tile folder is created
-        reasoner.prepare(query, task, scene.map_features)
-    store = None
-    if tiles_dir:
-        store = TileStore(tiles_dir, request_key(
-            inputs=scene.inputs, crs=grid.crs.to_wkt(), transform=list(grid.transform)[:6],
-            size=[grid.width, grid.height], tiles=[[t.x0, t.y0, t.width, t.height] for t in scene.tiles],
-            query=query, task=task, reasoner=reasoner.name, segmenter=segmenter.name,
-            generation=getattr(reasoner, "generation_record", lambda: None)(),
-            input_size=list(reasoner.input_size(scene.tiles[0].height, scene.tiles[0].width)) if scene.tiles else None,
-            options=vars(options) if options else None), resume)
-    # The output's `segmenter` says what drew the outlines: "map/grabcut" where the reader's own were
-    # taken, and the segmenter cut only the places the map has as points.
-    from_map = (options or PipelineOptions()).outline == "map" and getattr(reasoner, "reads_outlines", False)
-    drawn_by = f"map/{segmenter.name}" if from_map else segmenter.name
-    merger = BandMerger(grid, scene.tiles, query, task, reasoner.name, drawn_by,
-                        getattr(reasoner, "min_area_m2", 0.0), keep_mask)
-    n = max(len(scene.tiles), 1)
-    done = [0]
-    lock = threading.Lock()
-    kept: list[tuple[geo.Tile, TileResult]] = []
-
-    def finished(rec: TileRecord, computed: bool) -> None:
-        with lock:
-            if store is not None and computed:
-                store.save(rec)
-            merger.add(rec)
-            done[0] += 1
-
-    todo = []
-    resumed = 0
-    for tile in scene.tiles:
-        rec = store.load(tile) if store is not None and resume else None
-        if rec is not None:
-            finished(rec, computed=False)
-            resumed += 1
-        else:
-            todo.append(tile)
-    if resumed:
-        log.info("resumed %d finished tile(s) from %s", resumed, tiles_dir)
-        if progress:
-            progress(done[0] / n, f"resumed {resumed} finished tile(s) ({done[0]}/{n})")
-    session = SegmenterSession(segmenter)
-
-    def run(tiles: list[geo.Tile]) -> None:
-        check_cancel(cancel)
-        label = tiles[0].id if len(tiles) == 1 else f"{tiles[0].id}..{tiles[-1].id}"
-
-        def on_stage(name, steps=iter(range(4))):
-            if progress:
-                progress((done[0] + next(steps, 3) / 4 * len(tiles)) / n, f"{label} ({done[0] + len(tiles)}/{n}): {name}")
-
-        views, windows = [], []
-        for tile in tiles:
-            sat, map_rgb, valid = scene.read(tile)
-            if valid.any():
-                views.append(make_view(map_rgb, sat, query, reasoner, task=task,
-                                       transform=grid.window_transform(tile.x0, tile.y0), crs=grid.crs,
-                                       tile_id=tile.id, map_features=scene.map_features,
-                                       map_around=None if scene.map_features is not None
-                                       else functools.partial(scene.map_around, tile)))
-                windows.append((tile, valid))
-            else:
-                log.info("%s has no valid pixels; skipped", tile.id)
-                finished(TileRecord.empty(tile), computed=True)
-            del sat, map_rgb
-        results = run_batch(views, reasoner, session, options, cancel, on_stage) if views else []
-        for (tile, valid), result in zip(windows, results):
-            if dump_dir:
-                dump_tile(result, dump_dir, {"row": tile.row, "col": tile.col, "x0": tile.x0, "y0": tile.y0,
-                                             "tile_transform": list(grid.window_transform(tile.x0, tile.y0).to_gdal())})
-            if keep_tiles:
-                kept.append((tile, result))
-            finished(TileRecord.from_result(tile, result, valid), computed=True)
-        if progress:
-            progress(done[0] / n, f"{label} done ({done[0]}/{n})")
-
-    workers = concurrency if concurrency is not None else getattr(reasoner, "concurrency", 1)
-    if workers > 1 and len(todo) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(run, [t]) for t in todo]
-            try:
-                for f in as_completed(futures):
-                    f.result()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    else:
-        for tiles in _batches(todo, max(1, batch_size)):
-            run(tiles)
-    if progress:
-        progress(1.0, "merging tiles")
-    entities = merger.finish()
-    kept.sort(key=lambda item: (item[0].row, item[0].col))
-    return Detection(grid, merger.mask, entities, [r for _, r in kept], resumed)
+    settings = query if isinstance(query, RunSettings) else RunSettings(
+        query, task, options or PipelineOptions(), batch_size, concurrency, keep_mask, keep_tiles, dump_dir,
+        tiles_dir, resume)
+    return LocalExecutor(reasoner, segmenter).run(scene, settings, progress, cancel)
 
 
 def drop_small(mosaic: np.ndarray, grid: geo.Grid, min_area_m2: float) -> np.ndarray:
