@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
+import re
 import sys
 import time
 
@@ -57,13 +59,24 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--served-model", default=None,
                    help="the served model's name (default: the one the server lists at /v1/models); the API "
                         "key is read from SOCIOSEG_API_KEY or OPENAI_API_KEY")
-    s.add_argument("--request-timeout", type=float, default=600.0, help="seconds per server request (default 600)")
+    s.add_argument("--request-timeout", type=_seconds, default=600.0,
+                   help="seconds one server request may take in all (default 600)")
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
     return value
 
 
@@ -98,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("detect", help="detect entities and write polygons")
+    # Python 3.11's argparse takes "-1e7" for an option (its pattern knows no exponent), so that
+    # "--bbox -1e7 -1e7 1e7 1e7" failed as "expected 4 arguments"; 3.13's pattern, here for all.
+    d._negative_number_matcher = re.compile(r"^-\.?\d")
     d.add_argument("--satellite", required=True, help="satellite raster (GeoTIFF or anything GDAL reads)")
     d.add_argument("--map", required=True, help="map raster, or vector map (GeoPackage, GeoJSON, Shapefile)")
     d.add_argument("--query", required=True, help="what to find: a class (schools), a function "
@@ -192,6 +208,7 @@ def cmd_detect(args) -> int:
     from .geo.tiles import estimate_seconds
     from .pipeline.detect import detect, load_scene
     from .pipeline.resume import remove_tiles, tiles_dir_for
+    from .pipeline.stages import answered_summary, no_answers_message
 
     _preflight(args)
     crs = parse_crs(args.crs) if args.crs else None
@@ -246,11 +263,17 @@ def cmd_detect(args) -> int:
         logging.captureWarnings(False)
         if bar is not None:
             bar.close()
+    if result.asked and not result.answered:     # an empty result would be a wrong success
+        remove_tiles(tiles_dir_for(args.out))
+        raise SocioSegError(no_answers_message(result.asked, result.unanswered_notes, args.max_new_tokens))
+    partial = answered_summary(result.asked, result.answered)
+    if partial:
+        log.warning("only %s: the others got no usable answer from the model (their area is left empty)", partial)
     write_detection(args.out, result, overwrite=args.overwrite)
     remove_tiles(tiles_dir_for(args.out))     # only once the output is safely in place
     truth = None
     print(f"found {len(result.entities)} entit{'y' if len(result.entities) == 1 else 'ies'} for "
-          f"{args.query!r} in {time.perf_counter() - t0:.1f} s")
+          f"{args.query!r} in {time.perf_counter() - t0:.1f} s" + (f" ({partial})" if partial else ""))
     print(f"wrote {args.out}")
     for e in result.entities:
         a = e.attrs

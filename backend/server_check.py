@@ -28,18 +28,21 @@ def list_models(url: str, model: str | None = None, timeout: float = TIMEOUT) ->
     if not url.startswith(("http://", "https://")):
         raise InputError(f"the model server URL {url!r} must start with http:// or https:// (e.g. http://gpu-box:8000/v1)")
     key = os.environ.get(contract.API_KEY_ENV) or os.environ.get("OPENAI_API_KEY")
+    from .reasoners.openai_server import read_json_body, served_models, tls_failure
+
     client = openai.OpenAI(base_url=url, api_key=key or "EMPTY", timeout=timeout, max_retries=0)
     try:
-        models = [m.id for m in client.models.list()]
+        data, body = read_json_body(client.models.with_raw_response.list(), url)
     except openai.APIConnectionError as exc:     # includes timeouts
-        raise InputError(f"cannot reach the model server at {url} ({exc.__cause__ or exc}): check that it runs "
-                         "and the URL") from None
+        raise tls_failure(url, exc) or InputError(f"cannot reach the model server at {url} ({exc.__cause__ or exc}): "
+                                                  "check that it runs and the URL") from None
     except openai.AuthenticationError:
         raise InputError(f"the model server at {url} " + ("refused the API key that was sent" if key else
                                                           "asks for an API key and none was sent")) from None
     except openai.APIStatusError as exc:
         raise InputError(f"the model server at {url} answered {exc.status_code} to /models: is this an "
                          "OpenAI-compatible URL (it usually ends in /v1)?") from None
+    models = served_models(data, url, body)
     if not models:
         raise InputError(f"the model server at {url} serves no model")
     if model and model not in models:

@@ -105,9 +105,11 @@ def _verify(tmp_path: str, driver: str, count: int, crs: CRS) -> None:
 
 
 def write_entities(path: str, geometries: list, attrs: list[dict], crs: CRS, overwrite: bool = False,
-                   layer: str = "entities", option: str = "--out") -> str:
+                   layer: str = "entities", option: str = "--out", metadata: dict | None = None) -> str:
     """Write polygons and their attributes atomically (see `atomic`): the new file is written beside
-    the destination, read back and checked, and only then replaces anything."""
+    the destination, read back and checked, and only then replaces anything. `metadata` (text by
+    key) goes into a GeoPackage's layer metadata and a GeoJSON's description; a Shapefile has no
+    place for it."""
     driver = driver_for(path)
     existing = _siblings(path)
     if existing and not overwrite:
@@ -121,6 +123,10 @@ def write_entities(path: str, geometries: list, attrs: list[dict], crs: CRS, ove
                         for g in geometries], dtype=object)
         # GeoPackage 1.2 opens without warnings in older GDALs (QGIS 3.22 LTR ships GDAL 3.6).
         kwargs = {"layer": layer, "dataset_options": {"VERSION": "1.2"}} if driver == "GPKG" else {}
+        if metadata and driver == "GPKG":
+            kwargs["layer_metadata"] = {k: str(v) for k, v in metadata.items()}
+        elif metadata and driver == "GeoJSON":
+            kwargs["layer_options"] = {"DESCRIPTION": "; ".join(f"{k}: {v}" for k, v in metadata.items())}
         try:
             pyogrio.raw.write(tmp_path, wkb, _columns(attrs, shapefile), [n for n, _ in FIELDS], driver=driver,
                               crs=crs.to_wkt(), geometry_type="MultiPolygon",
@@ -136,6 +142,13 @@ def write_entities(path: str, geometries: list, attrs: list[dict], crs: CRS, ove
     return path
 
 
+def run_metadata(detection) -> dict[str, str]:
+    """What the whole run says about its output: how many tiles got a usable answer."""
+    asked, answered = getattr(detection, "asked", 0), getattr(detection, "answered", 0)
+    return {"tiles_answered": f"{answered} of {asked}"} if asked else {}
+
+
 def write_detection(path: str, detection, overwrite: bool = False) -> str:
     return write_entities(path, [e.geometry for e in detection.entities],
-                          [e.attrs for e in detection.entities], detection.grid.crs, overwrite)
+                          [e.attrs for e in detection.entities], detection.grid.crs, overwrite,
+                          metadata=run_metadata(detection))

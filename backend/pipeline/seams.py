@@ -19,9 +19,12 @@ from scipy import ndimage
 from ..geo import grid as geo
 from ..geo.raster import polygons
 from ..geo.vectormap import units_per_metre
+from ..output.evidence import merge as merge_labels
 from ..output.vectors import geodesic_area_m2
 
 log = logging.getLogger(__name__)
+
+NO_DATA = "no valid pixels"
 
 
 @dataclass
@@ -46,8 +49,14 @@ class TileRecord:
 
     @classmethod
     def empty(cls, tile: geo.Tile) -> "TileRecord":
-        """A tile with no valid pixels: nothing found, nothing contributed."""
-        return cls(tile, np.zeros((tile.height, tile.width), bool))
+        """A tile with no valid pixels: nothing found, nothing contributed, nothing asked of the model
+        (the note says so on disk too, for the count of answered tiles after --resume)."""
+        return cls(tile, np.zeros((tile.height, tile.width), bool), notes=[NO_DATA])
+
+    @property
+    def asked(self) -> bool:
+        """The tile had data, so the reasoner was asked about it."""
+        return NO_DATA not in self.notes
 
 
 @dataclass
@@ -58,9 +67,14 @@ class Entity:
 
 def entity_attrs(poly, parts: list[TileRecord], names, grid: geo.Grid, query: str, task: str | None,
                  reasoner_name: str, segmenter_name: str, created: str) -> dict:
+    """`names`: the labels of the objects that make the place, with their pixels in it (a dict), or
+    just the labels; they carry `certain` and `evidence` (backend/output/evidence.py)."""
     scores = [s for r in parts for s in r.scores]
+    name, certain, evidence = merge_labels(names if isinstance(names, dict) else dict.fromkeys(names, 1))
+    if not names:
+        evidence = f"no object of the reasoner ({reasoner_name}) was labelled here"
     return {
-        "query": query, "task": task or "", "name": "; ".join(sorted(names)),
+        "query": query, "task": task or "", "name": name, "certain": certain, "evidence": evidence,
         "tiles": ",".join(r.tile.id for r in parts),
         "n_boxes1": sum(r.n_boxes1 for r in parts),
         "n_boxes2": sum(r.n_boxes2 for r in parts),
@@ -98,8 +112,18 @@ class BandMerger:
         self.mask = np.zeros((grid.height, grid.width), bool) if keep_mask else None
         self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.dropped = 0
+        self.asked = 0               # tiles with data, so put to the reasoner
+        self.answered = 0            # of those, tiles whose stage-2 answer was usable
+        self.unanswered_notes: dict[str, int] = {}   # why the others were not, by note
 
     def add(self, record: TileRecord) -> None:
+        if record.asked:
+            self.asked += 1
+            if record.refined:
+                self.answered += 1
+            else:
+                for note in record.notes:
+                    self.unanswered_notes[note] = self.unanswered_notes.get(note, 0) + 1
         self.waiting.setdefault(record.tile.row, {})[record.tile.col] = record
         while self.next_row < len(self.order):
             r = self.order[self.next_row]
@@ -181,7 +205,7 @@ class BandMerger:
             return
         h, w = comp.shape
         first = (r0, c0 + int(np.argmax(comp[0])))
-        parts, names = [], set()
+        parts, names = [], {}
         for rec in self.live:
             t = rec.tile
             ys, ye = max(r0, t.y0), min(r0 + h, t.y0 + t.height)
@@ -192,7 +216,10 @@ class BandMerger:
             tsl = (slice(ys - t.y0, ye - t.y0), slice(xs - t.x0, xe - t.x0))
             if (rec.mask[tsl] & here).any():
                 parts.append(rec)
-                names.update(name for nm, name in rec.names if (nm[tsl] & here).any())
+                for nm, name in rec.names:
+                    n = int((nm[tsl] & here).sum())
+                    if n:
+                        names[name] = names.get(name, 0) + n
         parts.sort(key=lambda rec: (rec.tile.row, rec.tile.col))
         if self.mask is not None:
             self.mask[r0:r0 + h, c0:c0 + w] |= comp

@@ -187,6 +187,33 @@ def usable(answer: ParsedAnswer) -> bool:
     return answer.raw is not None and (answer.released or bool(answer.items))
 
 
+UNUSABLE_NOTE = "stage 2 answer unusable; tile left empty"
+
+
+def answered_summary(asked: int, answered: int) -> str | None:
+    """'k of N tiles answered' for a run where some tiles got no usable answer (None when all did)."""
+    if asked and answered < asked:
+        return f"{answered} of {asked} tiles answered"
+    return None
+
+
+def no_answers_message(asked: int, notes: dict, max_new_tokens: int | None = None) -> str:
+    """Why a run in which no tile got a usable answer found nothing, and what to change: it is an
+    error, not an empty result."""
+    reasons = sorted((n for n in notes if n != UNUSABLE_NOTE and "stage-1 mask kept" not in n),
+                     key=lambda n: -notes[n])
+    cut = [n for n in reasons if "--max-new-tokens" in n]
+    budget = f" (now {max_new_tokens})" if max_new_tokens else ""
+    if cut:
+        cause = (f"the answers were cut off at the response budget: raise --max-new-tokens{budget}, or check "
+                 "that the model answers briefly")
+    else:
+        cause = (f"the model's answers had no usable <answer> part: check the model (--reasoner), or raise "
+                 f"--max-new-tokens{budget} if its answers are cut off; --dump DIR keeps every answer")
+    shown = f" ({'; '.join(reasons[:2])})" if reasons else ""
+    return f"none of the {asked} tile(s) got a usable answer from the model{shown}: {cause}"
+
+
 def run_batch(views: list[TileView], reasoner: Reasoner, segmenter: Segmenter | SegmenterSession,
               options: PipelineOptions | None = None, cancel: CancelCheck | None = None,
               on_stage: Callable[[str], None] | None = None) -> list[TileResult]:
@@ -255,7 +282,7 @@ def run_batch(views: list[TileView], reasoner: Reasoner, segmenter: Segmenter | 
             segs, final, refined, kept, labels = segs1[i], coarse[i], False, True, labels1
         else:
             log.warning("%s: stage 2 gave no usable answer; no mask for this tile (as released)", v.tile_id)
-            notes.append("stage 2 answer unusable; tile left empty")
+            notes.append(UNUSABLE_NOTE)
             segs, final, refined, kept, labels = [], np.zeros((mh, mw), bool), False, False, []
         seconds[i]["stage2_segmenter"] = time.perf_counter() - t - (handles[i]["seconds"] - embedded)
         seconds[i]["embedding"] = handles[i]["seconds"]

@@ -12,7 +12,9 @@ import base64
 import io
 import json
 import logging
+import math
 import os
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +37,8 @@ class ServerSettings:
     base_url: str
     model: str | None = None        # the served model's name; None: the one /v1/models lists
     concurrency: int = 4            # tiles in flight at once
-    timeout: float = 600.0          # seconds per request (a 2,048-token answer on a busy server)
+    timeout: float = 600.0          # seconds a request may take in all, retries included (a 2,048-token
+                                    # answer on a busy server); a deadline, not a per-read limit
     max_retries: int = 4            # on 408/409/429/5xx and dropped connections, with backoff
     api_key_env: str = API_KEY_ENV  # the key is read from this environment variable (or OPENAI_API_KEY)
 
@@ -43,14 +46,15 @@ class ServerSettings:
 _END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
-def full_text(message) -> str:
-    """The answer as the model wrote it. Servers with a reasoning parser (`transformers serve`, vLLM
-    with --reasoning-parser) move the <think> part into `reasoning_content` / `reasoning`: put it back.
-    A think block the model never closed comes back as reasoning with no content (and, from
-    `transformers serve`, with the end-of-turn token still on it)."""
-    content = message.content or ""
-    extra = message.model_extra or {}
-    reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+def full_text(message: dict) -> str:
+    """The answer as the model wrote it (`message`: the reply's choices[0].message). Servers with a
+    reasoning parser (`transformers serve`, vLLM with --reasoning-parser) move the <think> part into
+    `reasoning_content` / `reasoning`: put it back. A think block the model never closed comes back as
+    reasoning with no content (and, from `transformers serve`, with the end-of-turn token still on it)."""
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if not isinstance(content, str) or (reasoning is not None and not isinstance(reasoning, str)):
+        raise ValueError("content is not text")
     if not reasoning or "<think>" in content:
         return content
     if not content:
@@ -64,6 +68,49 @@ def _detail(exc) -> str:
     """The server's own words: openai's exception text is often only 'Error code: 422'."""
     body = getattr(exc, "body", None)
     return f"{exc} {json.dumps(body) if body is not None else ''}".strip()
+
+
+class NotOpenAI(ValueError):
+    """A reply the client cannot read as the OpenAI API's (HTML, truncated JSON, an error body with
+    status 200, another API's JSON)."""
+
+
+def not_openai(url: str, body: str) -> InputError:
+    shown = " ".join(str(body).split())[:200] or "(an empty body)"
+    return InputError(f"the server at {url} did not answer in the OpenAI format: {shown}")
+
+
+def tls_failure(url: str, exc: BaseException) -> InputError | None:
+    """An https:// URL whose server speaks plain HTTP (or whose certificate fails): say so, not
+    'cannot reach'."""
+    seen, cause = set(), exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause)
+        if isinstance(cause, ssl.SSLError) or "SSL" in text or "CERTIFICATE" in text.upper():
+            first = text.strip().splitlines()[0][:160] if text.strip() else type(cause).__name__
+            hint = (f"; if the server speaks plain HTTP, use {'http://' + url[len('https://'):]}"
+                    if url.startswith("https://") else "")
+            return InputError(f"the TLS handshake with the model server at {url} failed ({first}){hint}")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def read_json_body(raw, url: str):
+    """The JSON of a raw openai response, or `not_openai` naming what came instead."""
+    body = raw.http_response.text
+    try:
+        return json.loads(body), body
+    except (ValueError, RecursionError):
+        raise not_openai(url, body) from None
+
+
+def served_models(data, url: str, body: str) -> list[str]:
+    """The model ids of a /models reply (OpenAI: {"data": [{"id": ...}, ...]})."""
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in items):
+        raise not_openai(url, body)
+    return [m["id"] for m in items]
 
 
 def data_url(image: np.ndarray) -> str:
@@ -110,6 +157,10 @@ class OpenAIReasoner(SmartResize):
             raise DependencyError(f"the model-server reasoner needs the openai package ({exc}): pip install openai") from None
         self._openai = openai
         self.settings = settings
+        if not (isinstance(settings.timeout, (int, float)) and math.isfinite(settings.timeout)
+                and settings.timeout > 0):
+            raise InputError(f"the request timeout must be a number of seconds above 0 (--request-timeout), "
+                             f"not {settings.timeout}")
         self.generation = generation or GenerationSettings()
         self.generation.validate()
         if settings.concurrency < 1:
@@ -131,18 +182,20 @@ class OpenAIReasoner(SmartResize):
 
     def _discover(self) -> str:
         """The served model from /v1/models; fails fast (one try, a short timeout) with the URL."""
-        quick = self.client.with_options(timeout=10.0, max_retries=0)
+        quick = self.client.with_options(timeout=min(10.0, self.settings.timeout), max_retries=0)
         try:
-            models = [m.id for m in quick.models.list()]
-        except self._openai.APIConnectionError:
-            raise InputError(f"cannot reach the model server at {self.url}: check that it runs and the URL "
-                             "(--reasoner openai:URL, e.g. http://gpu-box:8000/v1)") from None
+            data, body = read_json_body(quick.models.with_raw_response.list(), self.url)
+        except self._openai.APIConnectionError as exc:
+            raise tls_failure(self.url, exc) or InputError(
+                f"cannot reach the model server at {self.url}: check that it runs and the URL "
+                "(--reasoner openai:URL, e.g. http://gpu-box:8000/v1)") from None
         except self._openai.AuthenticationError:
             raise InputError(f"the model server at {self.url} refused the API key: set it in the "
                              f"{self.settings.api_key_env} environment variable") from None
         except self._openai.APIStatusError as exc:
             raise InputError(f"the model server at {self.url} answered {exc.status_code} to /models: is this "
                              "an OpenAI-compatible URL (it usually ends in /v1)?") from None
+        models = served_models(data, self.url, body)
         if not models:
             raise InputError(f"the model server at {self.url} serves no model")
         if len(models) > 1:
@@ -166,13 +219,41 @@ class OpenAIReasoner(SmartResize):
         return {k for k in sent.get("extra_body", {}) if k in msg}
 
     def generate(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> str:
-        openai = self._openai
+        return self.answer(map_image, sat_image, text).text
+
+    def answer(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> Reply:
+        """One request under one deadline (--request-timeout) for all of it: the openai client's
+        timeout applies per socket read, so a server that trickles bytes would hold it for ever. The
+        request runs in a daemon thread; past the deadline it is abandoned (its socket closes when the
+        server gives up or the process ends)."""
         messages = user_message(map_image, sat_image, text)
+        box: dict = {}
+
+        def call():
+            try:
+                box["reply"] = self._request(messages)
+            except BaseException as exc:      # handed to the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=call, name="openai-request", daemon=True)
+        worker.start()
+        worker.join(self.settings.timeout)
+        if worker.is_alive():
+            raise InputError(f"the model server at {self.url} did not answer within {self.settings.timeout:g} s "
+                             "(--request-timeout): it is overloaded or stalled; raise --request-timeout or "
+                             "lower --concurrency")
+        if "error" in box:
+            raise box["error"]
+        return box["reply"]
+
+    def _request(self, messages: list[dict]) -> Reply:
+        openai = self._openai
         try:
             while True:
                 params = self._params()
                 try:
-                    resp = self.client.chat.completions.create(model=self.model, messages=messages, **params)
+                    raw = self.client.chat.completions.with_raw_response.create(
+                        model=self.model, messages=messages, **params)
                     break
                 except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                     refused = self._refused_fields(exc, params)
@@ -185,10 +266,12 @@ class OpenAIReasoner(SmartResize):
                         log.warning("the model server at %s does not accept %s; sent without (it uses its own "
                                     "value there)", self.url, ", ".join(sorted(new)))
         except openai.APITimeoutError:
-            raise InputError(f"the model server at {self.url} did not answer within {self.settings.timeout:.0f} s") from None
-        except openai.APIConnectionError:
-            raise InputError(f"lost the model server at {self.url} (after {self.settings.max_retries} retries): "
-                             "check that it runs") from None
+            raise InputError(f"the model server at {self.url} did not answer within {self.settings.timeout:g} s "
+                             "(--request-timeout)") from None
+        except openai.APIConnectionError as exc:
+            raise tls_failure(self.url, exc) or InputError(
+                f"lost the model server at {self.url} (after {self.settings.max_retries} retries): "
+                "check that it runs") from None
         except (openai.AuthenticationError, openai.PermissionDeniedError):
             raise InputError(f"the model server at {self.url} refused the API key: set it in the "
                              f"{self.settings.api_key_env} environment variable") from None
@@ -201,20 +284,32 @@ class OpenAIReasoner(SmartResize):
         except openai.APIStatusError as exc:
             raise InputError(f"the model server at {self.url} failed ({exc.status_code}) after "
                              f"{self.settings.max_retries} retries: {_detail(exc)[:200]}") from None
-        if resp.usage is not None:
-            with self._lock:
-                self.tokens_generated += resp.usage.completion_tokens or 0
-        return full_text(resp.choices[0].message)
+        data, body = read_json_body(raw, self.url)
+        try:
+            choice = data["choices"][0]
+            answer = full_text(choice["message"])
+            finish = choice.get("finish_reason")
+            usage = data.get("usage") or {}
+            tokens = int(usage.get("completion_tokens") or 0)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise not_openai(self.url, body) from None
+        with self._lock:
+            self.tokens_generated += tokens
+        notes = []
+        if finish == "length":
+            notes.append(f"answer cut at the response budget of {self.generation.max_new_tokens} tokens "
+                         "(--max-new-tokens)")
+        return Reply(answer, notes)
 
     def stage1(self, view: TileView, prompt: str) -> Reply:
-        return Reply(self.generate(view.map_image, view.sat_image, prompt))
+        return self.answer(view.map_image, view.sat_image, prompt)
 
     def stage2(self, view: TileView, prompt: str, rendered_map, rendered_sat, stage1: ParsedAnswer) -> Reply:
-        return Reply(self.generate(rendered_map, rendered_sat, prompt))
+        return self.answer(rendered_map, rendered_sat, prompt)
 
     def _many(self, jobs: list[tuple]) -> list[Reply]:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
-            return [Reply(t) for t in pool.map(lambda job: self.generate(*job), jobs)]
+            return list(pool.map(lambda job: self.answer(*job), jobs))
 
     def stage1_batch(self, views: list[TileView], prompts: list[str]) -> list[Reply]:
         return self._many([(v.map_image, v.sat_image, p) for v, p in zip(views, prompts)])
