@@ -1,0 +1,273 @@
+"""The third reliability sweep (issue 20): a model server's odd answers, runs where no tile was
+answered, damaged or odd inputs, leftovers, unclear messages.
+
+Table-driven like tests/test_reliability.py: every case runs the real entry point (`python -m backend
+detect` in process, `run-scene`, `download`, `training.evaluate`) on real files, against real HTTP
+servers on 127.0.0.1 that misbehave on purpose (they are the thing under test: a server that answers
+HTML or trickles bytes), and asserts the exit code, the message, and that no input changed.
+"""
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pyogrio
+import pytest
+
+from backend.cli import main
+from backend.resources import SAMPLE_DIR
+from test_reliability import OPTIONS, SMALL_BBOX, snapshot
+
+TWO_TILES = ["499800", "4056700", "501000", "4057200"]     # 1200 x 500 px: two tiles of the sample town
+GOOD_STAGE1 = '<think>ok</think><answer>[{"bbox_2d": [40, 40, 200, 200]}]</answer>'
+GOOD_STAGE2 = '<think>ok</think><answer>[{"bbox_2d": [40, 40, 200, 200], "points": [[120, 120]]}]</answer>'
+
+
+def _completion(content, finish="stop", **message):
+    return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": content, **message}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 7, "total_tokens": 8}}
+
+
+class FakeServer:
+    """An OpenAI-compatible server on 127.0.0.1 whose /models and /chat/completions answers are set
+    per case (`models`, `chat`): real sockets, real HTTP, the real openai client on the other end."""
+
+    def __init__(self):
+        self.models = "ok"
+        self.chat = "ok"
+        self.requests = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def send(self, code, body, ctype="application/json"):
+                raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):  # noqa: N802
+                m = fake.models
+                if m == "html":
+                    return self.send(200, "<html><body><form>Sign in to the proxy</form></body></html>", "text/html")
+                if m == "no-data":
+                    return self.send(200, {"object": "list", "models": ["m"]})
+                if m == "truncated":
+                    return self.send(200, '{"object": "list", "data": [{"id": "m"')
+                self.send(200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 0,
+                                                            "owned_by": "me"}]})
+
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with threading.Lock():
+                    fake.requests += 1
+                    n = fake.requests
+                mode = fake.chat
+                good = _completion(GOOD_STAGE1 if n % 2 else GOOD_STAGE2)
+                if mode == "truncated-json":
+                    return self.send(200, json.dumps(good)[:60])
+                if mode == "html-as-json":
+                    return self.send(200, "<html><title>Login</title><body>SSO</body></html>")
+                if mode == "html":
+                    return self.send(200, "<html><title>Login</title><body>SSO</body></html>", "text/html")
+                if mode == "error-200":
+                    return self.send(200, {"error": {"message": "model overloaded", "code": 503}})
+                if mode == "a-list":
+                    return self.send(200, [1, 2, 3])
+                if mode == "no-choices":
+                    return self.send(200, {**good, "choices": []})
+                if mode == "content-number":
+                    return self.send(200, _completion(42))
+                if mode == "empty-body":
+                    return self.send(200, b"")
+                if mode == "null-length":
+                    return self.send(200, _completion(None, "length"))
+                if mode == "cut-off":      # a think block that runs into the budget
+                    return self.send(200, _completion("<think>" + "the school is " * 200, "length"))
+                if mode == "huge-no-tags":
+                    return self.send(200, _completion("school " * 300_000))
+                if mode == "second-tile-unusable" and n > 2:
+                    return self.send(200, _completion("I cannot see any school here."))
+                if mode == "trickle":      # headers at once, then a byte every 0.2 s
+                    raw = json.dumps(good).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    try:
+                        for k in range(min(len(raw), 100)):     # bounded: at most 20 s
+                            self.wfile.write(raw[k:k + 1])
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:
+                        pass
+                    return
+                self.send(200, good)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = FakeServer()
+    yield f
+    f.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = tmp_path_factory.mktemp("world3")
+    for name in ("satellite.tif", "map.tif", "map.gpkg", "truth.gpkg"):
+        shutil.copy(os.path.join(SAMPLE_DIR, name), w / name)
+    (w / "a_file").write_bytes(b"not a folder")
+    return w
+
+
+def detect_args(w, *extra, out="out.gpkg", sat="satellite.tif", map_="map.gpkg", query="schools"):
+    return ["detect", "--satellite", str(w / sat), "--map", str(w / map_), "--query", query,
+            "--out", out if os.path.isabs(out) else str(w / out), *extra]
+
+
+def served(w, f, *extra, out="served.gpkg", bbox=SMALL_BBOX):
+    return detect_args(w, "--reasoner", f"openai:{f.url}", "--bbox", *bbox, "--max-new-tokens", "256",
+                       *extra, out=out)
+
+
+def _last_line(err: str) -> str:
+    return err.strip().splitlines()[-1] if err.strip() else ""
+
+
+# (id, server modes (models, chat), argv builder (world, fake), exit code, regexes the last line must match)
+SERVER_CASES = [
+    ("chat-truncated-json", ("ok", "truncated-json"), lambda w, f: served(w, f), 2,
+     [r"the server at http://127\.0\.0\.1:\d+/v1 did not answer in the OpenAI format: \{\"id\": \"c\""]),
+    ("chat-html-as-json", ("ok", "html-as-json"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: <html><title>Login"]),
+    ("chat-html", ("ok", "html"), lambda w, f: served(w, f), 2, [r"did not answer in the OpenAI format: <html>"]),
+    ("chat-error-with-200", ("ok", "error-200"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: \{\"error\": \{\"message\": \"model overloaded\""]),
+    ("chat-a-json-list", ("ok", "a-list"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: \[1, 2, 3\]"]),
+    ("chat-no-choices", ("ok", "no-choices"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: .*\"choices\": \[\]"]),
+    ("chat-content-a-number", ("ok", "content-number"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: .*\"content\": 42"]),
+    ("chat-empty-body", ("ok", "empty-body"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: \(an empty body\)"]),
+    ("models-html", ("html", "ok"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: <html><body><form>Sign in"]),
+    ("models-other-json", ("no-data", "ok"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: \{\"object\": \"list\", \"models\""]),
+    ("models-truncated", ("truncated", "ok"), lambda w, f: served(w, f), 2,
+     [r"did not answer in the OpenAI format: \{\"object\": \"list\", \"data\": \[\{\"id\": \"m\"$"]),
+    # Every answer unusable: an error naming the cause, never "found 0 entities".
+    ("all-answers-cut-at-the-budget", ("ok", "null-length"), lambda w, f: served(w, f), 2,
+     [r"none of the 1 tile\(s\) got a usable answer", r"raise --max-new-tokens \(now 256\)"]),
+    ("all-answers-cut-in-the-think-block", ("ok", "cut-off"), lambda w, f: served(w, f, bbox=TWO_TILES), 2,
+     [r"none of the 2 tile\(s\) got a usable answer", r"response budget of 256 tokens"]),
+    ("all-answers-without-tags", ("ok", "huge-no-tags"), lambda w, f: served(w, f), 2,
+     [r"none of the 1 tile\(s\) got a usable answer", r"no usable <answer> part", r"--dump DIR"]),
+    # A server that speaks plain HTTP, asked over https.
+    ("https-to-a-plain-http-server", ("ok", "ok"),
+     lambda w, f: detect_args(w, "--reasoner", "openai:" + f.url.replace("http://", "https://"), "--bbox",
+                              *SMALL_BBOX, out="served.gpkg"), 2,
+     [r"TLS handshake with the model server at https://127\.0\.0\.1:\d+/v1 failed",
+      r"use http://127\.0\.0\.1:\d+/v1"]),
+]
+
+
+@pytest.mark.parametrize("case", SERVER_CASES, ids=[c[0] for c in SERVER_CASES])
+def test_server_sweep(case, world, fake, capsys):
+    _, (models, chat), argv, code, wanted = case
+    fake.models, fake.chat, fake.requests = models, chat, 0
+    before = snapshot(world)
+    t = time.perf_counter()
+    rc = main(argv(world, fake))
+    err = capsys.readouterr().err
+    message = _last_line(err)
+    assert rc == code, err[-3000:]
+    assert "Traceback" not in err and "internal error" not in err
+    for pattern in wanted:
+        assert re.search(pattern, message), (pattern, message)
+    assert len(message) < 1000                       # the body is cut to 200 characters
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", message)) <= OPTIONS, message
+    # Nothing written; the tile folder of the failed run (kept for --resume) aside.
+    assert {k: v for k, v in snapshot(world).items() if ".tiles/" not in k} == before
+    shutil.rmtree(world / "served.gpkg.tiles", ignore_errors=True)
+    assert time.perf_counter() - t < 60
+
+
+def test_a_partly_answered_run_says_k_of_n_in_the_summary_and_the_output(world, fake, capsys):
+    fake.models, fake.chat, fake.requests = "ok", "second-tile-unusable", 0
+    out = world / "partial.gpkg"
+    rc = main(served(world, fake, "--concurrency", "1", out=str(out), bbox=TWO_TILES))
+    captured = capsys.readouterr()
+    try:
+        assert rc == 0, captured.err
+        assert re.search(r"found \d+ entit\w+ for 'schools' in [\d.]+ s \(1 of 2 tiles answered\)", captured.out)
+        assert "WARNING: only 1 of 2 tiles answered" in captured.err
+        assert pyogrio.read_info(str(out))["layer_metadata"] == {"tiles_answered": "1 of 2"}
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_a_trickling_server_is_held_to_the_request_timeout(world, fake, capsys):
+    """--request-timeout is a deadline for the whole request: a server sending a byte every 0.2 s
+    (each socket read well within the timeout) is given up after 2 s, not after the whole body."""
+    fake.models, fake.chat = "ok", "trickle"
+    t = time.perf_counter()
+    rc = main(served(world, fake, "--request-timeout", "2"))
+    took = time.perf_counter() - t
+    message = _last_line(capsys.readouterr().err)
+    assert rc == 2 and re.search(r"did not answer within 2 s \(--request-timeout\)", message), message
+    assert took < 12, took        # the trickle alone would take 20 s
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon"])
+def test_request_timeout_is_refused_before_any_work(world, fake, capsys, value):
+    fake.models, fake.chat, fake.requests = "ok", "ok", 0
+    with pytest.raises(SystemExit) as exc:
+        main(served(world, fake, "--request-timeout", value))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --request-timeout: must be a number of seconds" in err
+    assert "grid:" not in err and fake.requests == 0
+
+
+def test_server_check_names_a_reply_that_is_not_openai(fake, capsys):
+    from backend.server_check import main as check
+
+    fake.models = "html"
+    assert check([fake.url]) == 2
+    line = capsys.readouterr().out.strip()
+    assert re.match(r"ERROR the server at http://127\.0\.0\.1:\d+/v1 did not answer in the OpenAI format: <html>",
+                    line), line
+    fake.models = "ok"
+    assert check([fake.url.replace("http://", "https://")]) == 2
+    assert "TLS handshake" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bbox", [["-1e7", "-1e7", "1e7", "1e7"], ["-1E7", "-1e+7", "1e7", "1e7"],
+                                  ["-.5e8", "-1e7", "1e7", "1e7"]])
+def test_negative_numbers_in_bbox_are_numbers(world, capsys, bbox):
+    """A --bbox larger than the inputs is clipped to them: the sample town runs whole."""
+    out = world / "big_bbox.gpkg"
+    rc = main(detect_args(world, "--bbox", *bbox, out=str(out)))
+    err = capsys.readouterr().err
+    out.unlink(missing_ok=True)
+    assert rc == 0, err
+    assert "expected 4 arguments" not in err
