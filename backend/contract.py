@@ -321,6 +321,8 @@ def _read_json(path: str, what: str):
         raise RequestError(f"the {what} {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"the {what} {path} is not valid JSON (truncated?): {exc}") from None
+    except RecursionError:
+        raise RequestError(f"the {what} {path} is nested too deeply to be a {what}: run again") from None
     except OSError as exc:
         raise RequestError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
 
@@ -390,13 +392,18 @@ class _Validator:
         if not isinstance(value, list) or not value:
             self.problems.append(f"'{name}' must be a non-empty list of [row, col, x0, y0, width, height]")
             return []
-        out = []
+        out, seen = [], set()
         for i, t in enumerate(value):
             if not (isinstance(t, list) and len(t) == 6 and all(isinstance(x, int) and not isinstance(x, bool)
                                                               for x in t)):
                 self.problems.append(f"'{name}[{i}]' must be 6 whole numbers, not {t!r}")
                 return []
             tile = Tile(*t)
+            if tile.id in seen:
+                self.problems.append(f"'{name}[{i}]' {t} repeats tile {tile.id} (row {tile.row}, column "
+                                     f"{tile.col}): each tile must be listed once")
+                return []
+            seen.add(tile.id)
             if tile.x0 < 0 or tile.y0 < 0 or tile.width < 1 or tile.height < 1 \
                     or tile.x0 + tile.width > width or tile.y0 + tile.height > height:
                 self.problems.append(f"'{name}[{i}]' {t} lies outside the {width} x {height} grid")

@@ -75,6 +75,19 @@ def load_scene_folder(folder: str, req: contract.SceneRequest):
                  {"satellite": file_identity(sat_path), "map": file_identity(map_path)})
 
 
+def check_result_writable(folder: str) -> None:
+    """result.json can be written: found now, not after all the work."""
+    import os
+
+    from .output.atomic import check_writable
+
+    path = os.path.join(folder, contract.RESULT_FILE)
+    if os.path.isdir(path):
+        raise contract.RequestError(f"the scene folder {folder} holds a folder named {contract.RESULT_FILE} where "
+                                    "the worker writes its result: remove it and run again")
+    check_writable(path, "scene folder")
+
+
 def generation_settings(values: dict):
     """The request's generation dict as GenerationSettings; an unknown field is named, not ignored."""
     from dataclasses import fields
@@ -121,10 +134,11 @@ class _Warnings(logging.Handler):
 def run_scene(folder: str, req: contract.SceneRequest | None = None) -> contract.SceneResult:
     from .engines import build_reasoner, build_segmenter, parse_reasoner, parse_segmenter
     from .pipeline.detect import detect
-    from .pipeline.stages import PipelineOptions
+    from .pipeline.stages import PipelineOptions, answered_summary, no_answers_message
 
     started = time.monotonic()
     req = req or contract.SceneRequest.read(folder)
+    check_result_writable(folder)
     parse_reasoner(req.reasoner), parse_segmenter(req.segmenter)     # cheap checks before reading rasters
     generation = generation_settings(req.generation)
     total = len(req.tiles)
@@ -144,6 +158,12 @@ def run_scene(folder: str, req: contract.SceneRequest | None = None) -> contract
     try:
         det = detect(scene, req.query, reasoner, segmenter, task=req.task, progress=progress,
                      options=PipelineOptions(outline=req.outline))
+        if det.asked and not det.answered:     # an empty result would be a wrong success
+            raise InputError(no_answers_message(det.asked, det.unanswered_notes, generation.max_new_tokens))
+        partial = answered_summary(det.asked, det.answered)
+        if partial:
+            logging.getLogger("backend").warning("only %s: the others got no usable answer from the model "
+                                                 "(their area is left empty)", partial)
     finally:
         logging.getLogger("backend").removeHandler(handler)
     task = inferred_task(req.query, req.task)

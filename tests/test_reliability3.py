@@ -271,3 +271,90 @@ def test_negative_numbers_in_bbox_are_numbers(world, capsys, bbox):
     out.unlink(missing_ok=True)
     assert rc == 0, err
     assert "expected 4 arguments" not in err
+
+
+# --- run-scene (the plugin's worker) -----------------------------------------------------------
+from backend import contract  # noqa: E402
+from test_contract import run_scene, scene_folder  # noqa: E402,F401  (the plugin's scene folder)
+
+
+def _request(folder) -> dict:
+    return json.loads((folder / contract.REQUEST_FILE).read_text())
+
+
+def _write_request(folder, d) -> None:
+    (folder / contract.REQUEST_FILE).write_text(json.dumps(d))
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _duplicate_tiles(folder, copies):
+    d = _request(folder)
+    d["tiles"] = [d["tiles"][0]] * copies
+    _write_request(folder, d)
+
+
+def _served_scene(folder, url, chat_mode, fake):
+    fake.models, fake.chat, fake.requests = "ok", chat_mode, 0
+    d = _request(folder)
+    d["reasoner"], d["server"] = f"openai:{url}", {"timeout": 30, "max_retries": 0}
+    d["query"] = "schools"
+    _write_request(folder, d)
+
+
+# (id, how to prepare the folder (folder, fake), the ERROR text's regexes)
+SCENE_CASES = [
+    ("result-json-is-a-folder", lambda f, s: (f / contract.RESULT_FILE).mkdir(),
+     [r"holds a folder named result\.json", r"remove it and run again"]),
+    ("request-nested-100000-deep", lambda f, s: (f / contract.REQUEST_FILE).write_text(_nested(100_000)),
+     [r"nested too deeply"]),
+    ("request-nested-in-a-field", lambda f, s: (f / contract.REQUEST_FILE).write_text(
+        json.dumps(_request(f))[:-1] + ', "generation": ' + _nested(100_000) + "}"), [r"nested too deeply"]),
+    ("5000-copies-of-one-tile", lambda f, s: _duplicate_tiles(f, 5000),
+     [r"'tiles\[1\]' \[0, 0, 0, 0, \d+, \d+\] repeats tile tile_0_0"]),
+    ("two-copies-of-one-tile", lambda f, s: _duplicate_tiles(f, 2), [r"repeats tile tile_0_0"]),
+    ("every-answer-cut-at-the-budget", lambda f, s: _served_scene(f, s.url, "null-length", s),
+     [r"none of the \d+ tile\(s\) got a usable answer", r"--max-new-tokens \(now 64\)"]),
+    ("server-answers-html", lambda f, s: _served_scene(f, s.url, "html", s),
+     [r"did not answer in the OpenAI format: <html>"]),
+]
+
+
+@pytest.mark.parametrize("case", SCENE_CASES, ids=[c[0] for c in SCENE_CASES])
+def test_scene_sweep(case, scene_folder, fake, tmp_path, capsys):  # noqa: F811
+    from backend.worker import main as worker_main
+
+    _, prepare, wanted = case
+    folder = tmp_path / "scene"
+    shutil.copytree(scene_folder, folder)
+    (folder / contract.RESULT_FILE).unlink(missing_ok=True)
+    prepare(folder, fake)
+    t = time.perf_counter()
+    rc = worker_main(str(folder))
+    out = capsys.readouterr().out
+    errors = [m.text for m in map(contract.parse_line, out.splitlines()) if m and m.kind == "ERROR"]
+    assert rc == 2 and len(errors) == 1, out[-2000:]
+    for pattern in wanted:
+        assert re.search(pattern, errors[0]), (pattern, errors[0])
+    assert "PROGRESS" not in out or "result-json" not in case[0]      # refused before any work
+    assert not (folder / contract.RESULT_FILE).is_file()
+    assert time.perf_counter() - t < 60
+
+
+def test_a_partly_answered_scene_warns_k_of_n(scene_folder, fake, tmp_path, capsys):  # noqa: F811
+    from backend.worker import main as worker_main
+
+    folder = tmp_path / "scene"
+    shutil.copytree(scene_folder, folder)
+    _served_scene(folder, fake.url, "second-tile-unusable", fake)
+    d = _request(folder)
+    d["server"]["concurrency"] = 1
+    _write_request(folder, d)
+    assert worker_main(str(folder)) == 0
+    n = len(d["tiles"])
+    result = contract.SceneResult.read(str(folder))
+    assert f"only 1 of {n} tiles answered: the others got no usable answer from the model (their area is left " \
+           "empty)" in result.warnings
+    assert f"WARNING only 1 of {n} tiles answered" in capsys.readouterr().out
