@@ -11,7 +11,7 @@ Why a virtual environment in the plugin's DATA folder (<QGIS profile>/socioseg/v
   inside QGIS, and torch never loads there.
 It is made WITHOUT --system-site-packages: the worker must not see QGIS's Python packages (Debian's
 numpy / pyproj 3.4, whose PROJ data cannot be found from a venv; OSGeo4W's GDAL-linked wheels on Windows),
-and isolated wheels give the same stack on every OS. The price is a ~150 MB download once.
+and isolated wheels give the same stack on every OS. The price is a ~200 MB download once (LIGHT_SIZE).
 """
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # PyTorch names its CUDA indexes by CUDA version; cu126 serves the current releases and drivers >= 560.
 # Revisit when PyTorch drops it.
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu126"
+# Sizes said before anything is installed, measured on Debian 12, Python 3.11, x86-64 (December 2026):
+# requirements-plugin.txt's wheels came to 205 MB and the finished environment to 734 MB; the CPU model
+# packages are torch 2.13.0+cpu (192 MB wheel, 699 MB unpacked), torchvision (7 MB, 19 MB), transformers
+# (13 MB, 50 MB) and their small dependencies; PyPI's CUDA build with its NVIDIA libraries took 6.2 GB.
+LIGHT_SIZE = "about 200 MB to download, about 730 MB on disk"
+TORCH_CPU_SIZE = "about 230 MB to download, about 0.9 GB on disk"
+TORCH_CUDA_SIZE = "about 3 GB to download, about 6 GB on disk"
 
 
 
@@ -125,6 +132,7 @@ class TorchPlan:
     pip_args: list[str]
     description: str
     gpu: str | None = None
+    size: str = "size not measured for this system"     # what the question before installing says
 
 
 def nvidia_gpu(run=subprocess.run) -> str | None:
@@ -156,14 +164,15 @@ def torch_plan(platform: str | None = None, machine: str | None = None, gpu: str
     if platform == "win32":
         if gpu:
             return TorchPlan([*pkgs, "--index-url", TORCH_CUDA_INDEX],
-                             f"CUDA build for the NVIDIA GPU {gpu} (about 3 GB)", gpu)
+                             f"CUDA build for the NVIDIA GPU {gpu}", gpu, TORCH_CUDA_SIZE)
         return TorchPlan(pkgs, "CPU build (no NVIDIA GPU found; the model then takes minutes per stage)")
     if gpu or machine not in ("x86_64", "amd64"):
-        what = f"CUDA build for the NVIDIA GPU {gpu} (about 3 GB)" if gpu else f"PyPI build for {machine}"
-        return TorchPlan(pkgs, what, gpu)
+        if gpu:
+            return TorchPlan(pkgs, f"CUDA build for the NVIDIA GPU {gpu}", gpu, TORCH_CUDA_SIZE)
+        return TorchPlan(pkgs, f"PyPI build for {machine}", gpu)
     return TorchPlan([*pkgs, "--index-url", TORCH_CPU_INDEX],
-                     "CPU build (no NVIDIA GPU found; about 200 MB instead of 3 GB; the model then takes "
-                     "minutes per stage)")
+                     "CPU build (no NVIDIA GPU found, so the small CPU build instead of the 3 GB CUDA one; the "
+                     "model then takes minutes per stage)", None, TORCH_CPU_SIZE)
 
 
 def _pip(python: str, *args: str) -> list[str]:
@@ -275,7 +284,8 @@ class EnvStatus:
 def status(venv: str) -> EnvStatus:
     """Quick (no subprocess) summary for the Settings dialog."""
     if not os.path.exists(venv_python(venv)):
-        return EnvStatus("missing", f"not set up yet: press 'Set up Python environment' (creates {venv})")
+        return EnvStatus("missing", f"not set up yet: press 'Set up Python environment' ({LIGHT_SIZE}; creates "
+                                f"{venv})")
     ready = read_ready(venv)
     if not ready or "light" not in ready.get("stacks", []):
         return EnvStatus("broken", "set-up did not finish: press 'Set up Python environment' again")

@@ -15,11 +15,13 @@ from .deps import PLUGIN_DIR
 
 STYLE = os.path.join(PLUGIN_DIR, "resources", "style.qml")
 QUERY_PROPERTY = "socioseg/query"        # marks a layer as a SocioSeg result (and which query made it)
+READ_FROM_PROPERTY = "socioseg/read_from"   # the map (and engine) a result was read from: replacing compares it
 RESULTS_FILE = "socioseg_results.gpkg"
 # Outline colours of successive results (the fill is the same colour, mostly transparent).
 PALETTE = ["#e60096", "#0072b2", "#d55e00", "#009e73", "#cc79a7", "#56b4e9", "#e69f00", "#7b3294",
            "#1b7837", "#b2182b"]
-FORMATS = {"GeoPackage (*.gpkg)": ("GPKG", ".gpkg"), "ESRI Shapefile (*.shp)": ("ESRI Shapefile", ".shp")}
+FORMATS = {"GeoPackage (*.gpkg)": ("GPKG", ".gpkg"), "ESRI Shapefile (*.shp)": ("ESRI Shapefile", ".shp"),
+           "GeoJSON (*.geojson)": ("GeoJSON", ".geojson")}
 
 
 def _fields() -> QgsFields:
@@ -32,13 +34,49 @@ def _fields() -> QgsFields:
     return fields
 
 
-def layer_name(query: str, reasoner_spec: str) -> str:
-    engine = "SocioReasoner" if reasoner_spec.startswith("qwen") else "map reader"
-    return f"{query.strip()[:1].upper()}{query.strip()[1:]} — {engine}"
+def read_from(map_layers: list) -> str:
+    """What a result was read from, for its name: the map layer's name, or the name the layers of one
+    vector source share ("OSM vector" for "OSM vector areas", "OSM vector roads"), else the names joined."""
+    names = [l.name() for l in map_layers]
+    if len(names) <= 1:
+        return names[0] if names else "the map"
+    common = os.path.commonprefix(names).rstrip(" _-—·(")
+    if len(common) >= 3:
+        return common
+    return " + ".join(names[:2]) + (f" + {len(names) - 2} more" if len(names) > 2 else "")
+
+
+def map_key(map_layers: list) -> str:
+    """Identifies the map a result was read from (the same files loaded again give the same key); a
+    digest, so no source's password lands in the project file twice."""
+    import hashlib
+
+    return hashlib.sha1("\n".join(sorted(l.source() for l in map_layers)).encode()).hexdigest()[:16]
+
+
+def layer_name(query: str, reasoner_spec: str, source: str = "") -> str:
+    """'Schools — OSM vector', 'Schools — map_carto', 'Schools — map_carto · SocioReasoner': the query,
+    what it was read from and (for the vision-language engine) the engine."""
+    engine = "" if reasoner_spec.startswith("mapreader") else (
+        "model server" if reasoner_spec.startswith("openai") else "SocioReasoner")
+    label = " · ".join(x for x in (source, engine) if x) or "map reader"
+    return f"{query.strip()[:1].upper()}{query.strip()[1:]} — {label}"
+
+
+def result_table(layer) -> tuple[str, str] | None:
+    """(GeoPackage file, table) of one of the plugin's own result layers, else None."""
+    if layer is None or not layer.customProperty(QUERY_PROPERTY):
+        return None
+    path, _, rest = layer.source().partition("|layername=")
+    if os.path.basename(path) != RESULTS_FILE or not rest:
+        return None
+    return path, rest.split("|")[0]
 
 
 def is_result(layer) -> bool:
-    return layer is not None and bool(layer.customProperty(QUERY_PROPERTY))
+    """A result layer the plugin wrote: the mark AND its table in the results GeoPackage. The mark alone
+    can come back in a style file (an exported copy loaded by hand is the user's own layer)."""
+    return result_table(layer) is not None
 
 
 def default_satellite(project: QgsProject):
@@ -123,6 +161,8 @@ def write_layer(layer: QgsVectorLayer, path: str, driver: str, layer_name: str |
         opts.layerName = layer_name
     if driver == "GPKG" and os.path.exists(path):
         opts.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+    if driver == "GeoJSON":      # RFC 7946: WGS 84 longitude/latitude, what web maps and other tools expect
+        opts.layerOptions = ["RFC7946=YES"]
     project = QgsProject.instance()
     ctx = project.transformContext() if project else QgsCoordinateTransformContext()
     writer = getattr(QgsVectorFileWriter, "writeAsVectorFormatV3", QgsVectorFileWriter.writeAsVectorFormatV2)
@@ -153,9 +193,11 @@ def next_colour(project: QgsProject | None = None) -> str:
     return free[0] if free else PALETTE[len(used) % len(PALETTE)]
 
 
-def result_layer(result, query: str, reasoner_spec: str, crs, store: str) -> QgsVectorLayer:
+def result_layer(result, query: str, reasoner_spec: str, crs, store: str, from_text: str = "",
+                 source_key: str = "") -> QgsVectorLayer:
     """The result written as a new table of the GeoPackage `store`, loaded from there and styled in a
-    colour of its own (the style is saved in the GeoPackage too)."""
+    colour of its own (the style is saved in the GeoPackage too). `from_text` names the map it was read
+    from (see read_from); `source_key` identifies those map layers, for replacing."""
     from ..backend.errors import InputError
 
     table = _table_name(store, query, reasoner_spec)
@@ -175,23 +217,28 @@ def result_layer(result, query: str, reasoner_spec: str, crs, store: str) -> Qgs
     style_layer(styled, colour)
     styled.saveStyleToDatabase(table[:30], "SocioSeg result style", True, "")   # GPKG: 30 characters
     del styled
-    layer = QgsVectorLayer(source, layer_name(query, reasoner_spec), "ogr")
+    layer = QgsVectorLayer(source, layer_name(query, reasoner_spec, from_text), "ogr")
     style_layer(layer, colour)
     layer.setCustomProperty(QUERY_PROPERTY, query.strip().lower())
+    layer.setCustomProperty(READ_FROM_PROPERTY, f"{reasoner_spec}|{source_key or from_text}")
     layer.setCustomProperty("socioseg/colour", colour)
     return layer
 
 
 def add_to_project(layer: QgsVectorLayer, replace: bool, project: QgsProject | None = None) -> list[str]:
-    """Add at the top of the layer tree; with `replace`, remove earlier results of the same query from
-    the project (their tables stay in the GeoPackage)."""
+    """Add at the top of the layer tree; with `replace`, remove from the project the plugin's own earlier
+    results of the same query read from the same map with the same engine (never a layer of the user's,
+    never a result from another map). Returns, for each removed one, its name and where its table
+    still is."""
     project = project or QgsProject.instance()
     removed = []
     if replace:
-        key = layer.customProperty(QUERY_PROPERTY)
+        key = (layer.customProperty(QUERY_PROPERTY), layer.customProperty(READ_FROM_PROPERTY))
         for other in list(project.mapLayers().values()):
-            if other is not layer and other.customProperty(QUERY_PROPERTY) == key:
-                removed.append(other.name())
+            where = result_table(other)
+            if (other is not layer and where is not None
+                    and (other.customProperty(QUERY_PROPERTY), other.customProperty(READ_FROM_PROPERTY)) == key):
+                removed.append(f"'{other.name()}' (still in {where[0]}, table {where[1]})")
                 project.removeMapLayer(other.id())
     project.addMapLayer(layer, False)
     project.layerTreeRoot().insertLayer(0, layer)
@@ -215,8 +262,9 @@ def export_path(path: str, chosen_filter: str) -> tuple[str, str]:
 
 
 def export_layer(layer: QgsVectorLayer, path: str, chosen_filter: str = "") -> str:
-    """Write `layer` to a GeoPackage or a Shapefile (with .prj) keeping its style: in the GeoPackage's
-    style table, or as a .qml beside the Shapefile (QGIS loads both by default). Everything is written
+    """Write `layer` to a GeoPackage, a Shapefile (with .prj) or a GeoJSON file (WGS 84, RFC 7946) keeping
+    its style: in the GeoPackage's style table, or as a .qml beside the file (QGIS loads both by default);
+    the style leaves out the plugin's marks, so the copy is the user's layer, not a result. Everything is written
     in a temporary folder beside the target first and moved into place only when complete, so a failed
     export leaves an existing file as it was. Raises OSError."""
     import shutil
@@ -239,7 +287,9 @@ def export_layer(layer: QgsVectorLayer, path: str, chosen_filter: str = "") -> s
             if error:
                 raise OSError(f"cannot save the style into {path}: {error}")
         else:
-            message, ok = layer.saveNamedStyle(os.path.splitext(staged)[0] + ".qml")
+            message, ok = layer.saveNamedStyle(os.path.splitext(staged)[0] + ".qml",
+                                               QgsMapLayer.StyleCategories(
+                int(QgsMapLayer.AllStyleCategories) & ~int(QgsMapLayer.CustomProperties)))
             if not ok:
                 raise OSError(f"cannot save the style beside {path}: {message}")
             stem = os.path.splitext(name)[0]

@@ -1,21 +1,22 @@
-"""The "Find entities" dock: layers, query, area, engine, resolution, Run / Cancel, Export, Zoom, Help."""
+"""The "Find entities" dock: layers, query, area, engine, resolution, Run / Cancel, Export, Zoom, Help,
+Load sample town."""
 from __future__ import annotations
 
 import os
 
 from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsMapLayer, QgsMapLayerProxyModel,
-                       QgsMessageLog, QgsProject, QgsRectangle, QgsWkbTypes)
+                       QgsMessageLog, QgsProject, QgsRectangle, QgsUnitTypes, QgsWkbTypes)
 from qgis.gui import QgsCheckableComboBox, QgsMapLayerComboBox, QgsMessageBarItem
 from qgis.PyQt.QtCore import Qt, QUrl
-from qgis.PyQt.QtGui import QColor, QDesktopServices, QStandardItemModel
-from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog,
-                                 QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-                                 QPushButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtGui import QColor, QStandardItemModel
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDockWidget, QDoubleSpinBox,
+                                 QFileDialog, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                                 QTextBrowser, QVBoxLayout, QWidget)
 
 from . import deps
 from .layers import default_map_layers, default_satellite, is_result
 from .settings import ENGINE_DEFAULT, ENGINE_VLM, VLM_SERVER, PluginSettings
-from .task import TAG, DetectParams, DetectTask
+from .task import TAG, DetectParams, DetectTask, crs_problem
 
 CLASS_PRESETS = ["schools", "parks", "hospitals", "universities", "kindergartens", "train stations",
                  "shopping malls", "parking lots", "soccer fields", "stadiums", "cemeteries", "zoos"]
@@ -23,8 +24,9 @@ FUNCTION_PRESETS = ["educational", "medical", "park & greenspace", "sport & cult
                     "administrative", "business office", "transportation stations", "industrial", "residential"]
 TASKS = [("auto", None), ("class", "class"), ("function", "function"), ("name", "name")]
 AREAS = ["Current map canvas extent", "Extent of a layer", "Rectangle drawn on the canvas"]
-HELP_ANCHOR = "#the-qgis-plugin"      # the README section on the plugin
+HELP_PAGE = os.path.join(deps.PLUGIN_DIR, "resources", "help", "index.html")    # bundled: works offline
 SCOPE = "SocioSeg"          # the project file's entries holding the panel's last choices
+SAMPLE_LAYERS = ("areas", "roads", "pois")      # the layers of resources/sample/map.gpkg
 
 
 def vlm_unavailable_reason(settings: PluginSettings) -> str | None:
@@ -53,16 +55,27 @@ def vlm_unavailable_reason(settings: PluginSettings) -> str | None:
     return missing_models_reason("" if server else settings.vlm_model, settings.segmenter, models_dir(data_dir()))
 
 
-def help_url() -> str:
-    """The README's plugin section on the homepage named in metadata.txt, else the README shipped here."""
-    import configparser
+class HelpDialog(QDialog):
+    """The plugin's help from its bundled page, inside QGIS: no browser and no network needed. Links
+    within the page stay here; only links to other sites go to the system's browser."""
 
-    meta = configparser.ConfigParser(interpolation=None)
-    meta.read(os.path.join(deps.PLUGIN_DIR, "metadata.txt"), encoding="utf-8")
-    home = meta.get("general", "homepage", fallback="")
-    if home:
-        return home.rstrip("/") + HELP_ANCHOR
-    return QUrl.fromLocalFile(os.path.join(deps.PLUGIN_DIR, "README.md")).toString()
+    def __init__(self, parent=None, anchor: str = ""):
+        super().__init__(parent)
+        self.setObjectName("SocioSegHelp")
+        self.setWindowTitle("SocioSeg help")
+        self.resize(760, 640)
+        self.browser = QTextBrowser()
+        self.browser.setOpenExternalLinks(True)
+        self.browser.setSearchPaths([os.path.dirname(HELP_PAGE)])
+        url = QUrl.fromLocalFile(HELP_PAGE)
+        if anchor:
+            url.setFragment(anchor)
+        self.browser.setSource(url)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(self.close)
+        box = QVBoxLayout(self)
+        box.addWidget(self.browser)
+        box.addWidget(buttons)
 
 
 def why_nothing(query: str, task: str | None, warnings: list[str]) -> str:
@@ -102,6 +115,17 @@ def raster_answerable(presets: list[str]) -> list[str]:
         if spec.kind != "name" and set(spec.classes) & legend:
             out.append(p)
     return out
+
+
+def area_size(extent: QgsRectangle, crs) -> str:
+    """The drawn rectangle's size in metres (or degrees, in a geographic CRS)."""
+    if crs.isGeographic():
+        return f"{extent.width():.4f}° x {extent.height():.4f}° (longitude x latitude)"
+    factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
+    w, h = extent.width() * factor, extent.height() * factor
+    if max(w, h) >= 10_000:
+        return f"{w / 1000:.1f} km x {h / 1000:.1f} km"
+    return f"{w:.0f} m x {h:.0f} m"
 
 
 class FindPanel(QDockWidget):
@@ -162,44 +186,86 @@ class FindPanel(QDockWidget):
         self.export_button.setToolTip("Write the selected result layer to a GeoPackage or a Shapefile, with its style")
         self.zoom_button = QPushButton("Zoom to result")
         self.help_button = QPushButton("Help")
+        self.help_button.setToolTip("The plugin's help, inside QGIS (works offline)")
+        self.sample_button = QPushButton("Load sample town")
+        self.sample_button.setToolTip("Add the bundled sample town (a satellite image and an OpenStreetMap-style "
+                                      "map with schools, parks and a hospital) and choose it in this panel")
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         buttons = QHBoxLayout()
-        for b in (self.run_button, self.export_button, self.zoom_button, self.help_button):
+        for b in (self.run_button, self.export_button, self.zoom_button):
             buttons.addWidget(b)
+        more = QHBoxLayout()
+        for b in (self.sample_button, self.help_button):
+            more.addWidget(b)
         box = QVBoxLayout()
         box.addLayout(form)
         box.addLayout(buttons)
+        box.addLayout(more)
         box.addWidget(self.progress)
         box.addWidget(self.status)
         box.addStretch(1)
         body.setLayout(box)
         self.setWidget(body)
+        # The satellite and the checked maps follow the project's layers until the user chooses them.
+        self._sat_auto = True
+        self._maps_auto = True
+        self._problem: str | None = None      # the input problem the status line shows, cleared when fixed
+        self.help_dialog: HelpDialog | None = None
         self.refresh_engines()
         self.refresh_layers()
         self.restore_choices()
         self.area.currentIndexChanged.connect(self._area_changed)
         self._area_changed(self.area.currentIndex())
-        self.run_button.clicked.connect(self.run_or_cancel)
-        self.export_button.clicked.connect(self.export)
-        self.zoom_button.clicked.connect(self.zoom_to_result)
-        self.help_button.clicked.connect(self.show_help)
-        self.draw_button.clicked.connect(self.start_drawing)
-        self.sat_combo.layerChanged.connect(lambda _: self.refresh_layers())
-        self.map_combo.checkedItemsChanged.connect(lambda _: self.refresh_presets())
+        # clicked(bool) would arrive as an argument: every button calls its method without it
+        self.run_button.clicked.connect(lambda _=False: self.run_or_cancel())
+        self.export_button.clicked.connect(lambda _=False: self.export())
+        self.zoom_button.clicked.connect(lambda _=False: self.zoom_to_result())
+        self.help_button.clicked.connect(lambda _=False: self.show_help())
+        self.sample_button.clicked.connect(lambda _=False: self.load_sample())
+        self.draw_button.clicked.connect(lambda _=False: self.start_drawing())
+        self.sat_combo.layerChanged.connect(self._satellite_chosen)
+        self.map_combo.checkedItemsChanged.connect(self._maps_chosen)
         self.engine.currentIndexChanged.connect(lambda _: self.refresh_presets())
+        self.query.editTextChanged.connect(lambda _: self._recheck_problem())
+        self.area.currentIndexChanged.connect(lambda _: self._recheck_problem())
+        self.area_layer.layerChanged.connect(lambda _: self._recheck_problem())
         project = QgsProject.instance()
-        project.layersAdded.connect(self._layers_changed)
+        # layersAdded comes before QGIS puts the layer into the layer tree (the map list is built from the
+        # tree); the tree's layerOrderChanged comes once it is there.
+        project.layerTreeRoot().layerOrderChanged.connect(self._layers_changed)
         project.layersRemoved.connect(self._layers_changed)
         project.readProject.connect(self._project_read)
+        project.cleared.connect(self._project_cleared)
         self._update_result_buttons()
 
     # --- layers and presets -------------------------------------------------------------------------
     def _layers_changed(self, *_):
-        self.refresh_layers()
+        if self._sat_auto:
+            self._set_satellite(default_satellite(QgsProject.instance()))
+        self.refresh_layers([] if self._maps_auto else None)
         self._update_result_buttons()
+        self._recheck_problem()
+
+    def _set_satellite(self, layer) -> None:
+        """Choose the satellite for the user (not a choice of theirs: it still follows the layers)."""
+        if layer is self.sat_combo.currentLayer():
+            return
+        self.sat_combo.blockSignals(True)
+        self.sat_combo.setLayer(layer)
+        self.sat_combo.blockSignals(False)
+
+    def _satellite_chosen(self, layer) -> None:
+        self._sat_auto = layer is None
+        self.refresh_layers([] if self._maps_auto else None)
+        self._recheck_problem()
+
+    def _maps_chosen(self, *_):
+        self._maps_auto = False
+        self.refresh_presets()
+        self._recheck_problem()
 
     def refresh_layers(self, checked_ids: list[str] | None = None) -> None:
         """Fill the map list (raster and vector layers, no results, not the satellite), keeping what was
@@ -221,6 +287,7 @@ class FindPanel(QDockWidget):
         for l in candidates:
             self.map_combo.addItemWithCheckState(l.name(), Qt.Checked if l.id() in checked else Qt.Unchecked, l.id())
         self.map_combo.blockSignals(False)
+        self.map_combo.repaint()      # its text lists the checked items; blocked signals kept it stale
         self.refresh_presets()
 
     def map_layers(self) -> list:
@@ -267,9 +334,10 @@ class FindPanel(QDockWidget):
             return value if ok and value != "" else None
 
         sat = project.mapLayer(entry("satellite") or "")
-        if sat is None or is_result(sat) or sat.type() != QgsMapLayer.RasterLayer:
-            sat = default_satellite(project)
-        self.sat_combo.setLayer(sat)
+        saved = sat is not None and not is_result(sat) and sat.type() == QgsMapLayer.RasterLayer
+        self._set_satellite(sat if saved else default_satellite(project))
+        self._sat_auto = not saved
+        self._maps_auto = not entry("maps")
         self.refresh_layers((entry("maps") or "").split(";") if entry("maps") else [])
         if entry("query"):
             self.query.setEditText(entry("query"))
@@ -284,6 +352,20 @@ class FindPanel(QDockWidget):
 
     def _project_read(self, *_):
         self.restore_choices()
+        self._update_result_buttons()
+
+    def _project_cleared(self) -> None:
+        """Project > New (and closing before opening another): nothing of the old project stays shown."""
+        if self.task is not None:
+            self.task.cancel()
+        self.last_layer = None
+        self.drawn_extent = None
+        self._sat_auto = self._maps_auto = True
+        self._problem = None
+        self._clear_messages()
+        if self.task is None:
+            self._reset("")
+        self._show_drawn(False)
         self._update_result_buttons()
 
     # --- engines ----------------------------------------------------------------------------------
@@ -330,9 +412,10 @@ class FindPanel(QDockWidget):
 
     def _extent_drawn(self, extent: QgsRectangle) -> None:
         self.drawn_extent = QgsRectangle(extent)
-        self.status.setText(f"Area: {extent.width():.0f} x {extent.height():.0f} map units")
+        self.status.setText(f"Area: {area_size(extent, self.iface.mapCanvas().mapSettings().destinationCrs())}")
         self.iface.mapCanvas().unsetMapTool(self._tool)
         self._show_drawn(True)
+        self._recheck_problem()
 
     def _show_drawn(self, visible: bool) -> None:
         """Keep the drawn rectangle on the canvas while it is the chosen area."""
@@ -372,8 +455,9 @@ class FindPanel(QDockWidget):
                             s.generation(), s.tile_plan(), s.python, s.server_options(), s.server_authcfg,
                             outline=s.outline)
 
-    def input_problem(self, p: DetectParams) -> str | None:
-        """What to choose before a run can start, naming the control."""
+    def input_problem(self, p: DetectParams, ask_key: bool = True) -> str | None:
+        """What to choose before a run can start, naming the control. `ask_key`: read the model server's
+        API key too (QGIS may ask for the master password), only when Run is pressed."""
         if not p.query:
             return "Type what to find in 'Find'."
         if p.satellite_layer is None:
@@ -384,7 +468,10 @@ class FindPanel(QDockWidget):
             return "The Satellite layer is also checked as a Map layer: uncheck it under Map layers."
         if p.extent is None:
             return "Choose an Area: a layer under 'Extent of a layer', or draw a rectangle."
-        if p.reasoner.startswith("openai:") and p.server_authcfg:
+        problem = crs_problem(p.satellite_layer, p.map_layers)
+        if problem:
+            return problem
+        if ask_key and p.reasoner.startswith("openai:") and p.server_authcfg:
             from ..backend.errors import InputError
             from .server_settings import key_env
             try:      # here, on the main thread, where QGIS can ask for the master password
@@ -401,6 +488,7 @@ class FindPanel(QDockWidget):
         p = self.params()
         problem = self.input_problem(p)
         if problem:
+            self._problem = problem
             self.status.setText(problem)
             return
         problem = self.worker_problem()
@@ -430,6 +518,14 @@ class FindPanel(QDockWidget):
         self.status.setText(f"Not started ({n} tiles): choose a smaller Area or a coarser Resolution, or press Run "
                             "again.")
         return False
+
+    def _recheck_problem(self) -> None:
+        """An input problem shown in the status line goes (or becomes the next one) once it is fixed."""
+        if self._problem is None or self.task is not None or self.status.text() != self._problem:
+            self._problem = None
+            return
+        self._problem = self.input_problem(self.params(), ask_key=False)
+        self.status.setText(self._problem or "")
 
     def worker_problem(self) -> str | None:
         """Why the backend worker cannot run (checked once per interpreter), or None."""
@@ -502,8 +598,10 @@ class FindPanel(QDockWidget):
             self._reset(text)
             self._message(text, Qgis.Warning, 0)
             return
+        from .layers import map_key, read_from
         try:
-            layer = result_layer(result, p.query, p.reasoner, p.crs, results_path(self.settings.results_folder))
+            layer = result_layer(result, p.query, p.reasoner, p.crs, results_path(self.settings.results_folder),
+                                 read_from(p.map_layers), map_key(p.map_layers))
         except InputError as exc:
             self._reset(str(exc))
             self._message(str(exc), Qgis.Warning, 0)
@@ -519,7 +617,7 @@ class FindPanel(QDockWidget):
         if notes:
             text += f" {'; '.join(sorted(notes))}."
         if removed:
-            text += f" Replaced: {', '.join(removed)}."
+            text += f" Replaced in the Layers panel: {', '.join(removed)}."
         self.status.setText(text)
         self._message(text, Qgis.Success if n else Qgis.Info, 5)
         self._update_result_buttons()
@@ -543,18 +641,24 @@ class FindPanel(QDockWidget):
         self.export_button.setEnabled(has)
         self.zoom_button.setEnabled(has)
 
+    def ask_export_path(self, layer) -> tuple[str, str]:
+        """(file, chosen format filter) from QGIS's save dialog; ('', '') when cancelled."""
+        from .layers import FORMATS, suggested_file_name
+
+        start = os.path.join(QgsProject.instance().absolutePath() or os.path.expanduser("~"),
+                             suggested_file_name(layer))
+        return QFileDialog.getSaveFileName(self, f"Export '{layer.name()}'", start, ";;".join(FORMATS))
+
     def export(self, path: str | None = None, chosen_filter: str = "") -> str | None:
-        from .layers import FORMATS, export_layer, suggested_file_name
+        """Export the selected result; without `path`, ask for it (the Export… button)."""
+        from .layers import export_layer
 
         layer = self.selected_result()
         if layer is None:
             self.status.setText("Select a result layer in the Layers panel to export it.")
             return None
         if path is None:
-            start = os.path.join(QgsProject.instance().absolutePath() or os.path.expanduser("~"),
-                                 suggested_file_name(layer))
-            path, chosen_filter = QFileDialog.getSaveFileName(self, f"Export '{layer.name()}'", start,
-                                                              ";;".join(FORMATS))
+            path, chosen_filter = self.ask_export_path(layer)
             if not path:
                 return None
         try:
@@ -562,7 +666,9 @@ class FindPanel(QDockWidget):
         except OSError as exc:
             self._message(f"{exc}. Choose another file or folder.", Qgis.Warning, 0)
             return None
-        self._message(f"Exported '{layer.name()}' to {out}", Qgis.Success, 5)
+        text = f"Exported '{layer.name()}' to {out}"
+        self.status.setText(text + ".")
+        self._message(text, Qgis.Success, 5)
         return out
 
     def zoom_to_result(self) -> None:
@@ -576,18 +682,63 @@ class FindPanel(QDockWidget):
         canvas.setExtent(extent)
         canvas.refresh()
 
-    def show_help(self) -> None:
-        QDesktopServices.openUrl(QUrl(help_url()))
+    def show_help(self, anchor: str = "") -> HelpDialog:
+        if self.help_dialog is None:
+            self.help_dialog = HelpDialog(self.iface.mainWindow(), anchor)
+        elif anchor:
+            url = QUrl.fromLocalFile(HELP_PAGE)
+            url.setFragment(anchor)
+            self.help_dialog.browser.setSource(url)
+        self.help_dialog.show()
+        self.help_dialog.raise_()
+        return self.help_dialog
+
+    def load_sample(self) -> list:
+        """Add the bundled sample town (satellite + the three layers of its map) and choose it here."""
+        from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer, QgsVectorLayer
+
+        from ..backend.resources import SAMPLE_DIR
+
+        project = QgsProject.instance()
+        sat = QgsRasterLayer(os.path.join(SAMPLE_DIR, "satellite.tif"), "Sample town satellite")
+        maps = [QgsVectorLayer(f"{os.path.join(SAMPLE_DIR, 'map.gpkg')}|layername={n}", f"Sample town map {n}",
+                               "ogr") for n in SAMPLE_LAYERS]
+        bad = [l.name() for l in (sat, *maps) if not l.isValid()]
+        if bad:
+            self.status.setText(f"The sample town cannot be read ({', '.join(bad)}): reinstall the plugin.")
+            return []
+        if not project.mapLayers():
+            project.setCrs(QgsCoordinateReferenceSystem(sat.crs()))
+        project.addMapLayer(sat)          # each new layer goes on top: the imagery lies under the map
+        for layer in maps:
+            project.addMapLayer(layer)
+        self._set_satellite(sat)
+        self._sat_auto = False
+        self.refresh_layers([l.id() for l in maps])
+        self._maps_auto = False
+        self.query.setEditText("schools")
+        self.area.setCurrentIndex(0)
+        canvas = self.iface.mapCanvas()
+        tr = QgsCoordinateTransform(sat.crs(), canvas.mapSettings().destinationCrs(), project)
+        canvas.setExtent(tr.transformBoundingBox(sat.extent()))
+        canvas.refresh()
+        self._problem = None
+        self.status.setText("The sample town is loaded: press Run to find its schools (or type another query: "
+                            "parks, hospitals, Lotus Park).")
+        return [sat, *maps]
 
     def disconnect_project(self) -> None:
         project = QgsProject.instance()
-        for signal, slot in ((project.layersAdded, self._layers_changed), (project.layersRemoved, self._layers_changed),
-                             (project.readProject, self._project_read)):
+        for signal, slot in ((project.layerTreeRoot().layerOrderChanged, self._layers_changed),
+                             (project.layersRemoved, self._layers_changed),
+                             (project.readProject, self._project_read), (project.cleared, self._project_cleared)):
             try:
                 signal.disconnect(slot)
             except (TypeError, RuntimeError):
                 pass
         self._show_drawn(False)
+        if self.help_dialog is not None:
+            self.help_dialog.close()
 
     def closeEvent(self, event):  # noqa: N802 (Qt's name)
         self._show_drawn(False)

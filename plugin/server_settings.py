@@ -125,7 +125,9 @@ class ServerBox(QGroupBox):
         form.addRow("Served model", self.model)
         form.addRow("Requests in flight", self.concurrency)
         form.addRow("API key", self.auth)
-        form.addRow(self.test_button, self.result)
+        # the answer on a row of its own, the dialog's full width: beside the button it was cut off
+        form.addRow(self.test_button)
+        form.addRow(self.result)
         self.where.currentIndexChanged.connect(self._enable)
         self._enable()
 
@@ -141,6 +143,10 @@ class ServerBox(QGroupBox):
         finally:
             QApplication.restoreOverrideCursor()
         self.result.setText(("✔ " if ok else "✘ ") + text)
+        self.result.setToolTip(text)
+        window = self.window()
+        if window is not None:      # grow the dialog to show the whole answer
+            window.adjustSize()
         return ok
 
     def store(self, s: PluginSettings) -> None:

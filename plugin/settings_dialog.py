@@ -106,7 +106,7 @@ class SettingsDialog(QDialog):
         self.models_button.setToolTip("torch, torchvision, transformers and segment-anything for the "
                                       "vision-language engine: " + self.torch_plan.description)
         self.models_button.clicked.connect(self.install_model_packages)
-        self.plan_label = QLabel(f"torch: {self.torch_plan.description}")
+        self.plan_label = QLabel(f"torch: {self.torch_plan.description}; {self.torch_plan.size}")
         self.plan_label.setWordWrap(True)
         env_box = QGroupBox("Python environment of the backend")
         env_form = QFormLayout(env_box)
@@ -196,8 +196,8 @@ class SettingsDialog(QDialog):
         if not run_now and QMessageBox.question(
                 self, "SocioSeg: install the model packages?",
                 f"Install torch and torchvision — {self.torch_plan.description} — then transformers and "
-                "segment-anything into the plugin's environment. This downloads several GB; QGIS stays "
-                "usable meanwhile.", QMessageBox.Yes | QMessageBox.No) != QMessageBox.Yes:
+                f"segment-anything into the plugin's environment: {self.torch_plan.size}. QGIS stays usable "
+                "meanwhile.", QMessageBox.Yes | QMessageBox.No) != QMessageBox.Yes:
             return None
         window = None
 

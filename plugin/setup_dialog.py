@@ -171,14 +171,26 @@ def model_packages_task(data: str, plan: env.TorchPlan, on_done=None) -> Command
                         os.path.join(data, "setup.log"), on_done)
 
 
+OFFER_TEXT = ("SocioSeg finds places in a Python environment of its own, and it is not set up yet.\n\n"
+              f"Set it up now? That is {env.LIGHT_SIZE}, once, and takes a few minutes. QGIS stays usable "
+              "meanwhile, and the run starts by itself when the environment is ready.")
+
+
+def setup_offer(parent, problem: str) -> QMessageBox:
+    """The question in a planner's words; the packages and the interpreter behind Show Details."""
+    box = QMessageBox(QMessageBox.Question, "SocioSeg: set up the Python environment?", OFFER_TEXT,
+                      QMessageBox.Yes | QMessageBox.No, parent)
+    box.setDefaultButton(QMessageBox.Yes)
+    box.setDetailedText(f"{problem}\n\nThe environment is made in {env.venv_dir(env.data_dir())} and gets the "
+                        f"packages of {os.path.basename(env.LIGHT_REQUIREMENTS)} from PyPI.")
+    box.setObjectName("SocioSegSetupOffer")
+    return box
+
+
 def offer_setup(parent, problem: str, on_ready=None) -> bool:
     """The first Run's offer when the backend's Python lacks packages: set the environment up now.
     Returns True when the set-up was started."""
-    answer = QMessageBox.question(parent, "SocioSeg: set up the Python environment?",
-                                  f"{problem}\n\nSet up the plugin's Python environment now? It downloads about "
-                                  "150 MB once; QGIS stays usable meanwhile.", QMessageBox.Yes | QMessageBox.No,
-                                  QMessageBox.Yes)
-    if answer != QMessageBox.Yes:
+    if setup_offer(parent, problem).exec_() != QMessageBox.Yes:
         return False
     run_environment_setup(parent, on_ready)
     return True
@@ -204,15 +216,20 @@ def run_environment_setup(parent, on_ready=None, run_now: bool = False) -> Comma
         configured = PluginSettings.load().python
         ready = not task.error and not task.cancelled
         # an interpreter named in Settings still wins over the new environment: say so, do not run
-        window.done_with(task, f"The environment is ready, but Settings > Python for the backend names "
-                               f"{configured}: clear that field to use it." if configured else
-                               "The environment is ready: press Run.")
+        if configured:
+            text = (f"The environment is ready, but Settings > Python for the backend names {configured}: clear "
+                    "that field to use it.")
+        elif on_ready is not None:
+            text = "The environment is ready, and the run has started: its progress is in the SocioSeg panel."
+        else:
+            text = "The environment is ready: the map reader engine can run now."
+        window.done_with(task, text)
         if ready and not configured and on_ready is not None:
             on_ready()
 
     task = environment_task(data, done, base)
-    window = TaskWindow(task, parent, f"Making the plugin's Python environment in {env.venv_dir(data)} from "
-                                      f"{base} and installing the backend's packages…")
+    window = TaskWindow(task, parent, f"Setting up the plugin's Python environment ({env.LIGHT_SIZE}) in "
+                                      f"{env.venv_dir(data)}… Closing this window leaves it running.")
     _windows.append(window)
     window.show()
     start(task, run_now)

@@ -2,6 +2,7 @@
 the main thread. Parameters in (`DetectParams`), a typed result out (`contract.SceneResult`)."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -59,6 +60,29 @@ CONTROLS = [(", a legend file with that class (--legend),", ","), (" (--legend)"
             ("--segmenter", "Settings > Segmenter"), ("--device", "Settings > Device")]
 
 
+def crs_problem(satellite_layer, map_layers: list) -> str | None:
+    """A layer without a coordinate reference system cannot be placed: name it and the QGIS action that
+    sets one (a map without CRS otherwise ends as 'no usable features' from the worker)."""
+    for role, layer in [("Satellite layer", satellite_layer)] + [("Map layer", m) for m in map_layers]:
+        if layer is not None and not layer.crs().isValid():
+            return (f"The {role} '{layer.name()}' has no coordinate reference system (CRS): set it under "
+                    "Layer Properties > Source (right-click the layer in the Layers panel), then Run again.")
+    return None
+
+
+def without_scene_folder(message: str, folder: str) -> str:
+    """A worker message with the temporary scene folder's files said as what they hold: a temporary path
+    means nothing to the user, and the folder is gone when they read it."""
+    from ..backend import contract
+
+    words = {contract.FEATURES_FILE: "the checked vector Map layers (as rendered for this Area)",
+             contract.MAP_FILE: "the Map layers (as rendered for this Area)",
+             contract.SATELLITE_FILE: "the Satellite layer (as rendered for this Area)"}
+    for name, said in words.items():
+        message = message.replace(os.path.join(folder, name), said)
+    return message.replace(folder + os.sep, "").replace(folder, "the rendered layers")
+
+
 def plugin_wording(message: str) -> str:
     """A backend message with command-line options replaced by the panel's controls."""
     for flag, control in CONTROLS:
@@ -77,6 +101,9 @@ def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -
         if progress:
             progress(frac, msg)
 
+    problem = crs_problem(params.satellite_layer, params.map_layers)
+    if problem:
+        raise InputError(problem)
     server, extra_env = {}, {}
     if params.reasoner.startswith("openai:"):      # before rendering: a missing key is said at once
         from .server_settings import key_env
@@ -108,6 +135,8 @@ def run_detection(params: DetectParams, progress=None, cancel=None, warn=None) -
             report(CAPTURE_SHARE + (1 - CAPTURE_SHARE) * frac, f"{rate} — {text}" if rate else text)
 
         return run_worker(worker_python(params.python), folder, worker_progress, cancel, warn, extra_env)
+    except InputError as exc:
+        raise InputError(without_scene_folder(str(exc), folder)) from None
     except OSError as exc:      # writing the scene: a full disk, a read-only temporary folder
         raise InputError(f"{exc}. The layers are rendered into {tempfile.gettempdir()} before detection: "
                          "free space there, or choose a smaller Area or a coarser Resolution") from None

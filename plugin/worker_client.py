@@ -89,8 +89,24 @@ def run_worker(python: str, folder: str, progress=None, cancel=None, warn=None, 
         raise InputError(error)
     if rc != 0:
         tail = "".join(stderr)[-2000:].strip()
+        missing = missing_module(tail)
+        if missing:       # a Python without the environment (qgis_process, a fresh profile): the set-up advice
+            from .deps import explain_missing
+            raise InputError(explain_missing([missing], "SocioSeg", python))
         raise WorkerError(f"the backend worker ({python}) exited with code {rc}: {tail or 'no output'}")
     return contract.SceneResult.read(folder)
+
+
+def missing_module(stderr: str) -> str | None:
+    """The pip name of the package whose import failed in the worker's traceback, or None."""
+    import re
+
+    from .deps import BASE_MODULES, SAM_MODULES, VLM_MODULES
+
+    found = re.findall(r"ModuleNotFoundError: No module named '([^'.]+)", stderr)
+    if not found:
+        return None
+    return {**BASE_MODULES, **VLM_MODULES, **SAM_MODULES}.get(found[-1], found[-1])
 
 
 def _drain(stream, put) -> None:

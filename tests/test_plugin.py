@@ -181,7 +181,7 @@ def test_task_on_the_sample_gives_a_kept_styled_layer_in_the_right_place(plugin_
     assert task.error is None, task.error
     layer = panel.last_layer
     assert layer is not None and layer.crs().authid() == "EPSG:32650"
-    assert layer.name() == "Parks — map reader"
+    assert layer.name() == "Parks — areas"
     assert layer.providerType() == "ogr" and layer.source().startswith(str(results_folder / "socioseg_results.gpkg"))
     assert QgsProject.instance().layerTreeRoot().children()[0].layer() is layer
     feats = list(layer.getFeatures())
@@ -198,11 +198,11 @@ def test_task_on_the_sample_gives_a_kept_styled_layer_in_the_right_place(plugin_
     # the same query again replaces the layer; another query gets a colour of its own
     panel.start(DetectTask(_params(sample_dir, "parks"), panel._finished), run_now=True)
     names = [lyr.name() for lyr in QgsProject.instance().mapLayers().values()]
-    assert names.count("Parks — map reader") == 1
+    assert names.count("Parks — areas") == 1
     panel.replace.setChecked(False)
     panel.start(DetectTask(_params(sample_dir, "parks"), panel._finished), run_now=True)
     colours = {l.renderer().symbol().symbolLayer(0).strokeColor().name()
-               for l in QgsProject.instance().mapLayers().values() if l.name() == "Parks — map reader"}
+               for l in QgsProject.instance().mapLayers().values() if l.name() == "Parks — areas"}
     assert len(colours) == 2 and first_colour in colours
 
     # the result survives saving and reopening the project, style included
@@ -210,7 +210,7 @@ def test_task_on_the_sample_gives_a_kept_styled_layer_in_the_right_place(plugin_
     assert QgsProject.instance().write(project_file)
     QgsProject.instance().clear()
     assert QgsProject.instance().read(project_file)
-    back = [l for l in QgsProject.instance().mapLayers().values() if l.name() == "Parks — map reader"]
+    back = [l for l in QgsProject.instance().mapLayers().values() if l.name() == "Parks — areas"]
     assert len(back) == 2 and all(l.featureCount() == 2 for l in back)
     assert {l.renderer().symbol().symbolLayer(0).strokeColor().name() for l in back} == colours
 
@@ -269,7 +269,7 @@ def test_export_of_the_selected_result_in_both_formats_keeps_the_style(plugin_pk
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".socioseg-export")]
     from socioseg.plugin.layers import suggested_file_name
-    assert suggested_file_name(parks) == "parks_map_reader"
+    assert suggested_file_name(parks) == "parks_areas"
 
 
 def test_task_errors_reach_the_user_not_a_traceback(plugin_pkg, qgis_new_project, qgis_iface, sample_dir):
