@@ -5,6 +5,7 @@ import pytest
 
 from backend.pipeline.detect import detect, load_scene
 from backend.errors import InputError
+from backend.output import evidence
 from backend.pipeline.query import resolve_query
 from backend.reasoners.mapreader import MapReader, interior_points
 from backend.segmenters.grabcut import GrabCutSegmenter
@@ -76,8 +77,8 @@ def test_point_only_school_takes_its_street_block(vector_scene, sample_dir):
 def test_name_query_ranks_partial_matches(vector_scene):
     reader = MapReader()
     spec = reader.spec("Spring", "name")
-    names = {label for _, label, *_ in reader._candidates(spec, vector_scene.map_features)}
-    assert names == {"Spring Park"}
+    names = {evidence.split(label) for _, label, *_ in reader._candidates(spec, vector_scene.map_features)}
+    assert {(n, c) for n, c, _ in names} == {("Spring Park", 0)}     # a partial name: not certain
 
 
 def test_function_query_finds_schools_and_the_kindergarten(vector_scene):
@@ -91,12 +92,25 @@ def test_raster_legend_ambiguity_is_said_not_hidden(raster_scene):
     assert det.entities
     assert all("cannot tell school from" in e.attrs["note"] and "hospital" in e.attrs["note"]
                for e in det.entities)
+    # each place says it: not certain, and named by what the map does tell (never "school")
+    for e in det.entities:
+        assert e.attrs["certain"] == 0 and "school" not in e.attrs["name"], e.attrs
+        assert e.attrs["name"] in ("educational or medical site", "educational site")
+        assert "does not tell school from" in e.attrs["evidence"]
 
 
 def test_raster_park_colour_is_unambiguous(raster_scene, sample_dir):
     det = detect(raster_scene, "parks", MapReader(), GrabCutSegmenter(), keep_mask=True)
     truth = truth_mask_for(os.path.join(sample_dir, "truth.gpkg"), raster_scene.grid, "parks", None)
     assert mask_iou(det.mask, truth) > 0.9 and not any(e.attrs["note"] for e in det.entities)
+    assert all(e.attrs["certain"] == 1 and e.attrs["name"] == "park" and "#c8facc" in e.attrs["evidence"]
+               for e in det.entities)
+
+
+def test_a_vector_feature_tagged_as_the_class_is_certain(vector_scene):
+    det = detect(vector_scene, "schools", MapReader(), GrabCutSegmenter(), task="class")
+    assert det.entities and all(e.attrs["certain"] == 1 and "tagged amenity=school" in e.attrs["evidence"]
+                                for e in det.entities)
 
 
 def test_name_on_a_raster_map_is_refused_with_the_way_out(raster_scene):

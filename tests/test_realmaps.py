@@ -10,6 +10,7 @@ import shapely
 from rasterio.crs import CRS
 
 from backend.geo.vectormap import Feature, VectorMap, parse_hstore
+from backend.output import evidence
 from backend.pipeline.detect import detect, load_scene
 from backend.pipeline.query import resolve_query
 from backend.reasoners.mapreader import MapReader
@@ -67,7 +68,7 @@ def test_osm_xml_is_read_by_gdals_osm_driver(tmp_path):
     # osmconf.ini does not count healthcare=* as an area key, so GDAL gives a closed line; the map
     # reader still takes the area inside it
     (area, label, _, exact), = MapReader()._candidates(spec, vmap)
-    assert label == "Hospital Teste" and 6000 < area.area < 8000 and exact     # about 84 m x 89 m
+    assert evidence.split(label)[:2] == ("Hospital Teste", 1) and 6000 < area.area < 8000 and exact     # about 84 m x 89 m
 
 
 def test_point_takes_the_site_or_building_around_it_before_the_block():
@@ -82,7 +83,8 @@ def test_point_takes_the_site_or_building_around_it_before_the_block():
              Feature(shapely.Point(260, 258), {"amenity": "school", "name": "B"}, "points"),
              Feature(shapely.Point(350, 100), {"amenity": "school", "name": "C"}, "points")]
     vmap = VectorMap(feats, UTM29)
-    got = {label: (g, exact) for g, label, _, exact in MapReader()._candidates(resolve_query("schools"), vmap)}
+    got = {evidence.split(label)[0]: (g, exact)
+           for g, label, _, exact in MapReader()._candidates(resolve_query("schools"), vmap)}
     assert got["A"][0].equals(grounds) and got["A"][1]
     assert got["B"][0].equals(building) and got["B"][1]
     # no site around it: its street block, a guess whose outline the segmenter cuts from the image

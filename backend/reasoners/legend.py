@@ -43,6 +43,7 @@ SEAL_M = 2.0            # gaps this wide in a road (its name written over it) ar
 UNIT_SHARE = 0.5        # a building joins when this share of it lies near the evidence
 ROAD_M = 8.0            # a road this wide between two parts of a place is part of it
 MARK_REACH_M = 4.0      # a label or mark this near a region of a shared fill speaks for it
+FILL_SURE_M2 = 25.0     # a fill says its classes where at least this much of it shows in a place
 # Words of a label: runs of text-coloured pixels (with their halo blend) at ~1 m/px, at least about
 # four letters wide; an icon or a single letter is narrower and says less about where an area lies.
 # The span decides more than the pixel count: a map whose pixels are a little finer than the reading
@@ -167,20 +168,25 @@ def text_pixels(img, colours, min_px: int = WORD_MIN_PX, min_width: int = WORD_M
     return keep[runs] & out
 
 
-def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((), ())) -> np.ndarray:
+def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((), ()), explain: bool = False):
     """Pixels of the places whose fill is one of `seeds` or whose labels are written in one of
     `labels[0]` (and not only in `labels[1]`, other classes sharing the fill), read as the module
-    docstring says."""
+    docstring says. With `explain`, also the evidence: (mask, {"seed": fill pixels, "words": label
+    pixels, "colours": the image's Colours})."""
     own, other = labels
     img = Colours(img)
     cat = legend.categories(img, seeds)
     seed = ndimage.binary_opening(cat == SEED, np.ones((2, 2), bool))      # lone antialiased pixels
     words = text_pixels(img, own) if own else np.zeros(cat.shape, bool)
     bridge = max(1, int(round(BRIDGE_M / 2 / pixel_m)))
+
+    def answer(mask):
+        return (mask, {"seed": seed, "words": words, "colours": img}) if explain else mask
+
     if not legend.inside and not legend.outside:
         # A legend that only lists class fills says nothing about what lies between places:
         # growing over unknown colours would flood the map, so only gaps and holes are closed.
-        return ndimage.binary_fill_holes(_close(seed, bridge) | seed)
+        return answer(ndimage.binary_fill_holes(_close(seed, bridge) | seed))
     theirs = np.zeros(cat.shape, bool)
     if other and seed.any():
         # A place of the shared fill labelled in another class's colour and not in ours is that
@@ -197,10 +203,64 @@ def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((
         seed &= ~theirs
     evidence = seed | words
     if not evidence.any():
-        return evidence
+        return answer(evidence)
     place = _grow(img, legend, cat, seed, words, ((cat == OUTSIDE) | theirs) & ~evidence, pixel_m) & ~(theirs & ~evidence)
     place = ndimage.binary_fill_holes(_close(place, bridge) | place)
-    return ndimage.binary_opening(place, _disk(bridge))
+    return answer(ndimage.binary_opening(place, _disk(bridge)))
+
+
+class Judge:
+    """Per place: which classes the map itself allows there, and so whether it tells the asked classes
+    apart (backend/output/evidence.py). Each kind of evidence found on or within MARK_REACH_M of the
+    place (its fills, where at least FILL_SURE_M2 of one shows; names in a label colour; names and
+    icons in a mark colour) allows the classes its colour stands for; the place is certain where what
+    all of them allow together lies within the asked classes: a park's own fill, a school-coloured
+    name for 'educational', but never the fill schools share with hospitals alone, nor a
+    school-coloured name for 'schools' (universities and kindergartens are named in it too)."""
+
+    def __init__(self, legend: Legend, classes, explained: dict, pixel_m: float, min_fill_m2: float = None):
+        self.wanted = set(classes)
+        img, seed = explained["colours"], explained["seed"]
+        self.found = []
+        for rgb, cls in legend.fills.items():
+            if self.wanted & set(cls):
+                self.found.append(("fill", rgb, set(cls), img.within([rgb], legend.tolerance) & seed))
+        own = [(rgb, cls) for rgb, cls in legend.labels.items() if self.wanted & set(cls)]
+        for rgb, cls in own:
+            words = explained["words"] if len(own) == 1 else text_pixels(img, [rgb])
+            self.found.append(("name", rgb, set(cls), words))
+        for rgb, cls in legend.marks.items():
+            if self.wanted & set(cls):
+                self.found.append(("name or icon", rgb, set(cls), text_pixels(img, [rgb], MARK_MIN_PX, 1)))
+        self.reach = max(1, int(round(MARK_REACH_M / pixel_m)))
+        self.min_fill_px = (FILL_SURE_M2 if min_fill_m2 is None else min_fill_m2) / pixel_m ** 2
+        self.all_fill = set().union(*(c for kind, _, c, _ in self.found if kind == "fill")) or set(self.wanted)
+
+    def judge(self, place: np.ndarray) -> tuple[bool, set[str], str]:
+        """(certain, the classes the map allows, what says so) for one place's pixels."""
+        ys, xs = np.nonzero(place)
+        if not len(ys):
+            return False, self.all_fill, ""
+        r = self.reach
+        sl = (slice(max(0, ys.min() - r), ys.max() + r + 1), slice(max(0, xs.min() - r), xs.max() + r + 1))
+        here = place[sl]
+        near = ndimage.binary_dilation(here, _disk(r))
+        allowed: dict[str, set[str]] = {}
+        said = []
+        for kind, rgb, cls, pixels in self.found:
+            part = pixels[sl]
+            seen = (part & here).sum() >= self.min_fill_px if kind == "fill" else (part & near).any()
+            if seen:
+                allowed[kind] = allowed.get(kind, set()) | cls
+                said.append(f"{kind} {'#%02x%02x%02x' % tuple(rgb)} ({', '.join(sorted(cls))})")
+        if not allowed:
+            return False, self.all_fill, "only traces of the fill"
+        classes = set.intersection(*allowed.values()) or set.union(*allowed.values())
+        certain = classes <= self.wanted
+        text = " + ".join(said)
+        if not certain:
+            text += f": the map does not tell {', '.join(sorted(self.wanted))} from {', '.join(sorted(classes - self.wanted))} here"
+        return certain, classes, text
 
 
 def _grow(img: Colours, legend: Legend, cat: np.ndarray, seed: np.ndarray, words, against: np.ndarray, pixel_m: float,

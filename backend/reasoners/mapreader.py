@@ -25,7 +25,8 @@ from ..pipeline.query import QuerySpec, name_score, resolve_query
 from ..geo.raster import rasterize
 from ..resources import load_json, resource
 from ..geo.vectormap import units_per_metre
-from .legend import Legend, group_places, place_mask
+from ..output import evidence
+from .legend import Judge, Legend, group_places, place_mask
 from .base import SmartResize, Reply, TileView
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,22 @@ class MapReader(SmartResize):
         for f, s in hits:
             g, exact = f.geometry, True
             label = f.name or next((f"{k}={f.props[k]}" for k in spec.tags if f.props.get(k)), spec.label)
+            # The map's own words say what the feature is: its tag for a class or function, its name
+            # (certain only where it is the name asked for) for a name.
+            if spec.kind == "name":
+                said, sure = f"name {f.name!r} ({s:.2f} like {spec.text!r})", s >= 1.0
+            else:
+                tag = next((f"{k}={f.props[k]}" for k, v in spec.tags.items()
+                            if f.props.get(k) is not None and str(f.props[k]).strip().lower() in v), "")
+                said, sure = f"tagged {tag}", True
             if g.geom_type in ("Point", "MultiPoint"):
                 if area_tree is not None and len(area_tree.query(g, predicate="within")):
                     continue          # the same place is also mapped as an area
                 if blocks is None:
                     blocks = self._blocks(vmap)
                 g, exact = self._area_for_point(g, vmap, blocks, metre)
+                said += "; mapped as a point, " + ("drawn by the site around it" if exact else
+                                                   "its outline a guess (the street block around it)")
             elif g.geom_type in ("LineString", "MultiLineString"):
                 # GDAL's OSM driver makes a closed way a line unless a key of its osmconf.ini says
                 # "area" (healthcare=*, for one, does not): a closed way tagged as a place is its area.
@@ -194,7 +205,7 @@ class MapReader(SmartResize):
                 area = shapely.make_valid(shapely.union_all([shapely.Polygon(r) for r in rings])) if rings else None
                 exact = area is not None and area.area > 0
                 g = area if exact else g.buffer(10.0 * metre)
-            out.append((g, label, s, exact))
+            out.append((g, evidence.tag(label, sure, said), s, exact))
         self._vector_cache[key] = out
         return out
 
@@ -292,10 +303,12 @@ class MapReader(SmartResize):
             img, dx, dy = img[dy % step:, dx % step:], dx - dx % step, dy - dy % step
         small = img[::step, ::step]
         labels = self.legend.label_colours(spec.classes)
-        mask = place_mask(small, self.legend, colours, pixel_m * step, labels)
+        mask, explained = place_mask(small, self.legend, colours, pixel_m * step, labels, explain=True)
+        judge = Judge(self.legend, spec.classes, explained, pixel_m * step)
         min_px = max(1, int(np.ceil(self.min_area_m2 / (pixel_m * step) ** 2)))
         items, names, masks = [], [], []
         for m in group_places(mask, pixel_m * step, min_px):
+            certain, classes, said = judge.judge(m)
             # the tile's part of the place (dx, dy are multiples of step), then at the tile's pixels
             m = m[dy // step: (dy + h + step - 1) // step, dx // step: (dx + w + step - 1) // step]
             if not m.any():
@@ -305,7 +318,7 @@ class MapReader(SmartResize):
             m = m[:h, :w]
             ys, xs = np.nonzero(m)
             items.append(Item((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))))
-            names.append(spec.label)
+            names.append(evidence.tag(spec.label if certain else evidence.site_name(classes), certain, said))
             masks.append(m)
         notes = []
         if others and items:
@@ -333,10 +346,11 @@ class MapReader(SmartResize):
     def stage1(self, view: TileView, prompt: str) -> Reply:
         spec, items, labels, _, notes, outlines = self._find(view)
         source = "vector map features" if view.map_features is not None else "map colours (legend)"
+        shown = [evidence.split(lab)[0] for lab in labels]
         think = (f"Reading the {source} for '{view.query}' ({spec.kind}: {spec.label}). "
-                 f"Found {len(items)} candidate(s)" + (f": {'; '.join(labels)}." if labels else "."))
+                 f"Found {len(items)} candidate(s)" + (f": {'; '.join(shown)}." if shown else "."))
         return Reply(f"<think>{think}</think><answer>{format_answer(items, False)}</answer>", notes,
-                     labels if view.map_features is not None else [], list(outlines))
+                     labels, list(outlines))
 
     def stage2(self, view: TileView, prompt: str, rendered_map, rendered_sat, stage1: ParsedAnswer) -> Reply:
         _, items, labels, masks, notes, drawn = self._find(view)

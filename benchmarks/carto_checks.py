@@ -1,0 +1,115 @@
+"""Two checks of the map reader on a real Carto render (issue 22, items 1 and 3):
+
+    .venv/bin/python benchmarks/carto_checks.py [--data ../shared/realdata/porto] [--consistency] [--certain]
+
+--consistency: the same place read on grids of 1, 0.5 and 0.25 m/px and on 1 m grids moved by a
+quarter, a half and three quarters of a pixel. Each run's places (the output polygons, as a planner gets
+them) are compared with the 1 m run's by area IoU inside the area all runs cover (less 10 m at its edge,
+where a moved grid sees a different strip of map).
+--certain: per query, the features the output marks `certain` = 1 scored against the truth polygons:
+area precision (the share of their area inside the truth of the asked classes), and how many certain
+features hold no truth of the asked classes at all (a confident wrong place).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import shapely  # noqa: E402
+
+from benchmarks.real_maps import CASES, DEFAULT_DATA, truth_geoms  # noqa: E402
+from backend.pipeline.detect import detect, load_scene  # noqa: E402
+from backend.reasoners.mapreader import MapReader  # noqa: E402
+from backend.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
+
+EDGE_M = 10.0
+
+
+def run(data: str, query: str, task: str, resolution: float, shift: float = 0.0, map_name="map_carto.tif"):
+    probe = load_scene(os.path.join(data, "satellite.tif"), os.path.join(data, map_name), resolution=1.0)
+    b = probe.grid.bounds
+    probe.close()
+    # every run covers the same area, its grid origin moved by `shift` (a fraction of a 1 m pixel)
+    bbox = (b[0] + 2 + shift, b[1] + 2 + shift, b[2] - 2 + shift, b[3] - 2 + shift)
+    scene = load_scene(os.path.join(data, "satellite.tif"), os.path.join(data, map_name), resolution=resolution,
+                       bbox=bbox, max_tiles=100000)
+    t = time.perf_counter()
+    det = detect(scene, query, MapReader(), GrabCutSegmenter(), task=task)
+    secs = time.perf_counter() - t
+    out = [(e.geometry, e.attrs) for e in det.entities]
+    grid = scene.grid
+    scene.close()
+    return out, grid, secs, len(scene.tiles)
+
+
+def consistency(data: str, queries) -> None:
+    runs = [("1 m", 1.0, 0.0), ("0.5 m", 0.5, 0.0), ("0.25 m", 0.25, 0.0),
+            ("1 m +0.25", 1.0, 0.25), ("1 m +0.5", 1.0, 0.5), ("1 m +0.75", 1.0, 0.75)]
+    print("| query | run | places | IoU with 1 m | s |\n|---|---|---|---|---|")
+    for query, task in queries:
+        base = None
+        for name, res, shift in runs:
+            feats, grid, secs, _ = run(data, query, task, res, shift)
+            union = shapely.union_all([g for g, _ in feats]) if feats else shapely.Polygon()
+            b = grid.bounds
+            box = shapely.box(b[0] + EDGE_M + 1, b[1] + EDGE_M + 1, b[2] - EDGE_M - 1, b[3] - EDGE_M - 1)
+            if base is None:
+                base, base_box = union, box
+                iou = 1.0
+            else:
+                common = base_box.intersection(box)
+                a, c = base.intersection(common), union.intersection(common)
+                u = a.union(c).area
+                iou = a.intersection(c).area / u if u else 1.0
+            print(f"| {query} | {name} | {len(feats)} | {iou:.3f} | {secs:.1f} |", flush=True)
+
+
+def certain(data: str, resolution: float, map_name: str) -> None:
+    print(f"\nmap {map_name}, {resolution:g} m/px")
+    print("| query | features | certain | certain area precision | certain with no truth | all area precision |"
+          "\n|---|---|---|---|---|---|")
+    for query, task, classes in CASES:
+        feats, grid, _, _ = run(data, query, task, resolution, 0.0, map_name)
+        truths = truth_geoms(os.path.join(data, "truth.geojson"), grid.crs)
+        truth = shapely.union_all([g for c in classes for g in truths.get(c, [])] or [shapely.Polygon()])
+        sure = [g for g, a in feats if a.get("certain") == 1]
+        wrong = sum(1 for g in sure if g.intersection(truth).area < 0.05 * g.area)
+        area = sum(g.area for g in sure)
+        prec = sum(g.intersection(truth).area for g in sure) / area if area else float("nan")
+        all_area = sum(g.area for g, _ in feats)
+        all_prec = sum(g.intersection(truth).area for g, _ in feats) / all_area if all_area else float("nan")
+        print(f"| {query} | {len(feats)} | {len(sure)} | {prec:.2f} | {wrong} | {all_prec:.2f} |", flush=True)
+        for g, a in feats:
+            hit = g.intersection(truth).area / g.area if g.area else 0
+            print(f"    {a.get('certain')} {hit:.2f} {round(g.area):7d} m2  {a.get('name')!r}  {a.get('evidence', '')!r}",
+                  file=sys.stderr)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--consistency", action="store_true")
+    ap.add_argument("--certain", action="store_true")
+    ap.add_argument("--resolution", type=float, default=1.0)
+    ap.add_argument("--maps", nargs="+", default=["map_carto.tif", "map.gpkg"])
+    ap.add_argument("--queries", nargs="+", default=["parks", "educational"])
+    args = ap.parse_args()
+    if not os.path.isdir(args.data):
+        print(f"no real scene at {args.data}: give --data", file=sys.stderr)
+        return 2
+    if args.consistency:
+        tasks = {q: t for q, t, _ in CASES}
+        consistency(args.data, [(q, tasks.get(q, "class")) for q in args.queries])
+    if args.certain:
+        for m in args.maps:
+            certain(args.data, args.resolution, m)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
