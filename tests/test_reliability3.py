@@ -358,3 +358,119 @@ def test_a_partly_answered_scene_warns_k_of_n(scene_folder, fake, tmp_path, caps
     assert f"only 1 of {n} tiles answered: the others got no usable answer from the model (their area is left " \
            "empty)" in result.warnings
     assert f"WARNING only 1 of {n} tiles answered" in capsys.readouterr().out
+
+
+# --- odd inputs: NaN imagery, the antimeridian ------------------------------------------------
+def _float_copy(src_path, dst_path, dtype, nan_where=None, bands=None, nodata=None):
+    import rasterio
+
+    with rasterio.open(src_path) as src:
+        data = src.read().astype(dtype)
+        profile = {"driver": "GTiff", "width": src.width, "height": src.height, "crs": src.crs,
+                   "transform": src.transform}
+    if bands:
+        data = data[:bands]
+    if nan_where is not None:
+        data[:, nan_where(data.shape[1], data.shape[2])] = np.nan
+    with rasterio.open(dst_path, "w", count=data.shape[0], dtype=dtype, nodata=nodata, **profile) as dst:
+        dst.write(data)
+
+
+def _west_half(h, w):
+    m = np.zeros((h, w), bool)
+    m[:, : w // 2] = True
+    return m
+
+
+def _antimeridian_inputs(w, left):
+    """A 600 m scene at 16° S whose west edge is at `left` degrees, and a map with a school on each
+    side of the line (OpenStreetMap writes the east one at -179.x)."""
+    from affine import Affine
+    from helpers import write_raster
+
+    res = 1e-5
+    rgb = np.random.default_rng(0).integers(90, 160, (600, 600, 3), dtype=np.uint8)
+    write_raster(w / f"am_sat_{left}.tif", rgb, "EPSG:4326", Affine(res, 0, left, 0, -res, -16.0))
+    feats = []
+    for lon in (left + 0.0015, left + 0.0035):
+        lon = lon - 360 if lon > 180 else lon + 360 if lon < -180 else lon
+        ring = [[lon, -16.004], [lon + 0.0008, -16.004], [lon + 0.0008, -16.0032], [lon, -16.0032], [lon, -16.004]]
+        feats.append({"type": "Feature", "properties": {"amenity": "school", "name": f"school at {lon:.4f}"},
+                      "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    (w / f"am_map_{left}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+
+
+@pytest.fixture(scope="module")
+def odd(world):
+    sat = os.path.join(SAMPLE_DIR, "satellite.tif")
+    _float_copy(sat, world / "nan_satellite.tif", "float32", lambda h, w: np.ones((h, w), bool))
+    _float_copy(sat, world / "nan_satellite_f64_1band.tif", "float64", lambda h, w: np.ones((h, w), bool), bands=1)
+    _float_copy(sat, world / "west_nan_satellite.tif", "float32", _west_half)
+    _float_copy(sat, world / "float_satellite.tif", "float32")
+    for left in (179.997, -180.003):
+        _antimeridian_inputs(world, left)
+    return world
+
+
+WEST_BBOX = ["499300", "4056300", "499900", "4056800"]      # inside the sample's west half
+
+ODD_CASES = [
+    ("all-nan-float32-satellite", lambda w: detect_args(w, sat="nan_satellite.tif"), 2,
+     [r"the satellite image has no valid pixels"]),
+    ("all-nan-float64-one-band", lambda w: detect_args(w, sat="nan_satellite_f64_1band.tif"), 2,
+     [r"the satellite image has no valid pixels"]),
+    ("nan-west-half-bbox-there", lambda w: detect_args(w, "--bbox", *WEST_BBOX, sat="west_nan_satellite.tif"), 2,
+     [r"the satellite image has no valid pixels"]),
+    ("antimeridian-in-a-geographic-grid",
+     lambda w: detect_args(w, "--crs", "EPSG:4326", sat="am_sat_179.997.tif", map_="am_map_179.997.geojson"), 2,
+     [r"the inputs cross the antimeridian \(180° longitude\)", r"leave --crs out"]),
+    ("antimeridian-at-minus-180-in-a-geographic-grid",
+     lambda w: detect_args(w, "--crs", "EPSG:4326", sat="am_sat_-180.003.tif", map_="am_map_-180.003.geojson"), 2,
+     [r"the inputs cross the antimeridian"]),
+]
+
+
+@pytest.mark.parametrize("case", ODD_CASES, ids=[c[0] for c in ODD_CASES])
+def test_odd_input_sweep(case, odd, capsys):
+    _, argv, code, wanted = case
+    before = snapshot(odd)
+    rc = main(argv(odd))
+    err = capsys.readouterr().err
+    message = _last_line(err)
+    assert rc == code, err[-3000:]
+    assert "Traceback" not in err and "internal error" not in err
+    for pattern in wanted:
+        assert re.search(pattern, message), (pattern, message)
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", message)) <= OPTIONS, message
+    assert snapshot(odd) == before
+
+
+def test_nan_is_no_data_but_the_rest_of_a_float_image_is_used(odd, capsys):
+    """Half the satellite NaN: the NaN half is left out (no place found there), the other half is
+    read as the same image the float copy without NaN gives."""
+    from backend.geo.grid import read_on_grid
+    from backend.pipeline.detect import load_scene
+
+    scene = load_scene(str(odd / "west_nan_satellite.tif"), str(odd / "map.gpkg"))
+    full = load_scene(str(odd / "float_satellite.tif"), str(odd / "map.gpkg"))
+    sat, _, valid = scene.whole()
+    sat_full, _, valid_full = full.whole()
+    assert valid_full.all() and 0.3 < valid.mean() < 0.7
+    west = scene.grid.width // 3
+    assert not valid[:, :west].any() and valid[:, -west:].all()
+    assert not sat[~valid].any()
+    rgb, ok = read_on_grid(str(odd / "nan_satellite.tif"), scene.grid)
+    assert not ok.any() and not rgb.any()
+
+
+@pytest.mark.parametrize("left", [179.997, -180.003])
+def test_a_scene_across_the_antimeridian_is_read_on_both_sides(odd, capsys, left):
+    out = odd / f"am_{left}.gpkg"
+    rc = main(detect_args(odd, sat=f"am_sat_{left}.tif", map_=f"am_map_{left}.geojson", out=str(out)))
+    captured = capsys.readouterr()
+    try:
+        assert rc == 0, captured.err
+        names = sorted(pyogrio.raw.read(str(out), columns=["name"])[3][0])
+        assert len(names) == 2, captured.out       # the school east of 180° too, not only the west one
+    finally:
+        out.unlink(missing_ok=True)

@@ -18,33 +18,13 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform_bounds
 
 from ..errors import InputError
+from .base import TABLE_EXTENSIONS, Grid, cannot_read as _cannot_read  # noqa: F401 (the names grid had)
 from .tiles import DEFAULT_MAX_TILES, DEFAULT_OVERLAP, DEFAULT_TILE, Tile, tile_layout  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RESOLUTION = None     # about 1 m per pixel, in the processing CRS's own units (see metre_in)
 MIN_GRID_PX = 16              # a grid narrower than this is a resolution mistake, not a useful request
-TABLE_EXTENSIONS = {".csv", ".tsv", ".txt", ".xls", ".xlsx", ".ods", ".dbf"}
-
-
-@dataclass(frozen=True)
-class Grid:
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
-    @property
-    def resolution(self) -> float:
-        return abs(self.transform.a)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        t = self.transform
-        return (t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
-
-    def window_transform(self, x0: int, y0: int) -> Affine:
-        return self.transform * Affine.translation(x0, y0)
 
 
 def utm_crs_for(lon: float, lat: float) -> CRS:
@@ -65,16 +45,6 @@ def metre_in(crs: CRS) -> float:
     from .vectormap import units_per_metre
 
     return units_per_metre(crs)
-
-
-def _cannot_read(path: str, exc: Exception, what: str = "raster") -> InputError:
-    ext = os.path.splitext(path)[1].lower()
-    if ext in TABLE_EXTENSIONS:
-        return InputError(f"{path} is a table ({ext[1:].upper()}), not a map or image: give a raster "
-                          "(GeoTIFF) or a vector map (GeoPackage, GeoJSON, Shapefile)")
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return InputError(f"cannot read {what} {path} ({first}): the file is damaged, truncated or not "
-                      "an image GDAL reads; copy or export it again")
 
 
 def raster_footprint(path: str) -> tuple[CRS, tuple[float, float, float, float]]:
@@ -99,6 +69,16 @@ def default_crs(crs: CRS, bounds) -> CRS:
     return utm_crs_for((lon_lat[0] + lon_lat[2]) / 2, (lon_lat[1] + lon_lat[3]) / 2)
 
 
+def _crosses_antimeridian(boxes) -> bool:
+    """Longitude/latitude boxes of inputs that lie across 180°: a box past ±180 or inverted, or a box
+    spanning more than half the globe (features on both sides, -179.9 and 179.9) with another input
+    at the line."""
+    if any(b[0] > b[2] or b[0] < -180 or b[2] > 180 for b in boxes):
+        return True
+    wide = [b for b in boxes if b[2] - b[0] > 180]
+    return bool(wide) and any(b[0] < -179 or b[2] > 179 for b in boxes if b not in wide)
+
+
 def plan_grid(footprints: list[tuple[CRS, tuple]], crs: CRS | None = None,
               resolution: float = DEFAULT_RESOLUTION, bbox=None, bbox_crs=None) -> Grid:
     """One north-up grid over the sources' common area (or `bbox`), at `resolution` CRS units/pixel
@@ -113,6 +93,11 @@ def plan_grid(footprints: list[tuple[CRS, tuple]], crs: CRS | None = None,
         raise InputError(f"--bbox {' '.join(str(v) for v in bbox)} is not four finite numbers: give "
                          "MINX MINY MAXX MAXY")
     boxes = [transform_bounds(c, crs, *b, densify_pts=21) for c, b in footprints]
+    if crs.is_geographic and _crosses_antimeridian(boxes):
+        # In longitude/latitude such an area is two pieces, at both ends of the grid's x axis.
+        raise InputError(f"the inputs cross the antimeridian (180° longitude), which a grid in {crs.to_string()} "
+                         "cannot hold: leave --crs out (the UTM zone of the area is used) or give a projected "
+                         "--crs that covers both sides")
     minx = max(b[0] for b in boxes)
     miny = max(b[1] for b in boxes)
     maxx = min(b[2] for b in boxes)
@@ -166,7 +151,7 @@ def read_on_grid(path: str, grid: Grid, resampling: Resampling = Resampling.bili
                  ) -> tuple[np.ndarray, np.ndarray]:
     """A raster resampled onto the whole of `grid`: (H x W x 3 uint8 RGB, H x W bool valid-pixel mask).
     For small grids (tests, previews); detection reads tile windows through `window.GridRaster`."""
-    from .window import GridRaster   # window builds on this module
+    from .window import GridRaster   # window builds on base, not on this module
 
     raster = GridRaster(path, grid, resampling)
     try:
