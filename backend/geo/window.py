@@ -87,7 +87,8 @@ class GridRaster:
         # data, not imagery. Without this an all-NaN satellite would be read as a black image.
         nan_gaps = not alpha and self.src.nodata is None and np.dtype(self.src.dtypes[0]).kind == "f"
         self.vrt = WarpedVRT(self.src, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
-                             resampling=resampling, **_wrapped_source(self.src), add_alpha=not alpha and self.src.nodata is None and not nan_gaps,
+                             resampling=resampling, **_wrapped_source(self.src),
+                             add_alpha=not alpha and self.src.nodata is None and not nan_gaps,
                              **({"src_nodata": np.nan, "nodata": np.nan} if nan_gaps else {}))
         self.stretch = None if self.lut is not None or self.src.dtypes[0] == "uint8" else self._stretch()
 
