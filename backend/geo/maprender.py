@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import shapely
 
-from .grid import Grid
+from .base import Grid
 from .raster import rasterize
 
 BACKGROUND = (242, 239, 233)

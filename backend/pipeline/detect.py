@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -307,24 +308,77 @@ def run_tiles(scene: Scene, tiles: list[geo.Tile], settings: RunSettings, reason
     return [out[t.id] for t in tiles]
 
 
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run_local(run: RunPlan, reasoner, segmenter, progress: Progress | None = None,
+              cancel: CancelCheck | None = None) -> None:
+    """Step 2 for every tile left in `run`, in this process, each tile merged as it finishes.
+
+    `batch_size` tiles go through each stage together (one batched `generate` in process). A reasoner
+    that talks to a server (`concurrency` > 1, default: the reasoner's own) runs that many tiles at
+    once in threads instead, each tile's stage 2 starting as soon as its coarse mask is rendered; the
+    segmenter is shared under a lock."""
+    session = SegmenterSession(segmenter)
+    n = max(run.total, 1)
+
+    def one(tiles):
+        label = tiles[0].id if len(tiles) == 1 else f"{tiles[0].id}..{tiles[-1].id}"
+
+        def on_stage(name, steps=iter(range(4))):
+            if progress:
+                progress((run.done + next(steps, 3) / 4 * len(tiles)) / n,
+                         f"{label} ({run.done + len(tiles)}/{n}): {name}")
+
+        for rec, result in run_tiles(run.scene, tiles, run.settings, reasoner, session, cancel, on_stage):
+            run.add(rec, result=result)
+        if progress:
+            progress(run.done / n, f"{label} done ({run.done}/{n})")
+
+    workers = run.settings.concurrency if run.settings.concurrency is not None else \
+        getattr(reasoner, "concurrency", 1)
+    if workers > 1 and len(run.todo) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(one, [t]) for t in run.todo]
+            try:
+                for f in as_completed(futures):
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    else:
+        for tiles in _batches(run.todo, max(1, run.settings.batch_size)):
+            one(tiles)
+
+
 def detect(scene: Scene, query: str | RunSettings, reasoner, segmenter, task: str | None = None,
            progress: Progress | None = None, cancel: CancelCheck | None = None,
            dump_dir: str | None = None, keep_tiles: bool = False, options: PipelineOptions | None = None,
            batch_size: int = 1, concurrency: int | None = None, keep_mask: bool = False,
            tiles_dir: str | None = None, resume: bool = False) -> Detection:
-    """All tiles through both stages in this process (the local executor), merged across seams into
-    entities. `query` may be a whole `RunSettings`; the keyword arguments are its fields otherwise.
+    """All tiles through both stages in this process (the local executor: plan, `run_local`, merge),
+    merged across seams into entities. `query` may be a whole `RunSettings`; the keyword arguments
+    are its fields otherwise.
 
     Each tile's window is read when the tile runs and merged as soon as its tile row is complete, so
     memory does not grow with the area (`keep_mask` and `keep_tiles` keep whole-area results on
     request). `tiles_dir` keeps every finished tile on disk; with `resume`, tiles found there are read
     back instead of computed (the caller removes the folder once the output is written)."""
-    from ..executors.local import LocalExecutor
-
     settings = query if isinstance(query, RunSettings) else RunSettings(
         query, task, options or PipelineOptions(), batch_size, concurrency, keep_mask, keep_tiles, dump_dir,
         tiles_dir, resume)
-    return LocalExecutor(reasoner, segmenter).run(scene, settings, progress, cancel)
+    run = plan(scene, settings, EngineFacts.of(reasoner, segmenter, scene, settings), progress)
+    try:
+        run_local(run, reasoner, segmenter, progress, cancel)
+    except BaseException:
+        run.close()
+        raise
+    if progress:
+        progress(1.0, "merging tiles")
+    return run.finish()
 
 
 def drop_small(mosaic: np.ndarray, grid: geo.Grid, min_area_m2: float) -> np.ndarray:
