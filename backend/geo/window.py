@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import rasterio
 import shapely
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -31,6 +32,20 @@ def _bounded_cache() -> rasterio.Env:
 
 def sub_grid(grid: Grid, x0: int, y0: int, width: int, height: int) -> Grid:
     return Grid(grid.crs, grid.window_transform(x0, y0), width, height)
+
+
+def _wrapped_source(src) -> dict:
+    """A geographic raster that runs past 180° (or -180°) crosses the antimeridian: GDAL maps a grid
+    pixel east of it back to a longitude of -179.x, outside the raster, and would leave that half
+    empty. Read with longitudes wrapped to the raster's own side of the line."""
+    crs = src.crs
+    if crs is None or not crs.is_geographic:
+        return {}
+    left, right = src.bounds.left, src.bounds.right
+    centre = 180 if right > 180 else -180 if left < -180 else None
+    if centre is None:
+        return {}
+    return {"src_crs": CRS.from_proj4(f"{crs.to_proj4()} +lon_wrap={centre}")}
 
 
 class GridRaster:
@@ -68,8 +83,13 @@ class GridRaster:
         self.bands = [i for i in range(1, self.src.count + 1) if i not in alpha][:3]
         g = self.grid
         self.alpha = alpha[0] if alpha else None
+        # A float raster without a nodata tag marks its gaps with NaN (GDAL's own convention): NaN is no
+        # data, not imagery. Without this an all-NaN satellite would be read as a black image.
+        nan_gaps = not alpha and self.src.nodata is None and np.dtype(self.src.dtypes[0]).kind == "f"
         self.vrt = WarpedVRT(self.src, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
-                             resampling=resampling, add_alpha=not alpha and self.src.nodata is None)
+                             resampling=resampling, **_wrapped_source(self.src),
+                             add_alpha=not alpha and self.src.nodata is None and not nan_gaps,
+                             **({"src_nodata": np.nan, "nodata": np.nan} if nan_gaps else {}))
         self.stretch = None if self.lut is not None or self.src.dtypes[0] == "uint8" else self._stretch()
 
     def _stretch(self) -> tuple[float, float]:
@@ -82,6 +102,7 @@ class GridRaster:
         data = self.vrt.read(self.bands, out_shape=(len(self.bands), *shape))
         valid = self._mask(out_shape=shape)
         values = data[:, valid].astype(np.float64)
+        values = values[np.isfinite(values)]
         if values.size == 0:
             return 0.0, 255.0
         return float(np.percentile(values, 2)), float(np.percentile(values, 98))
@@ -98,6 +119,10 @@ class GridRaster:
             rgb = self.lut[data[0]]
         else:
             if self.stretch is not None:
+                if data.dtype.kind == "f":       # NaN or infinite in some band: no data there either
+                    finite = np.isfinite(data)
+                    valid = valid & finite.all(axis=0)
+                    data = np.where(finite, data, 0)
                 lo, hi = self.stretch
                 scale = 255.0 / (hi - lo) if hi > lo else 1.0
                 data = np.clip((data.astype(np.float64) - lo) * scale, 0, 255).astype(np.uint8)
