@@ -474,3 +474,81 @@ def test_a_scene_across_the_antimeridian_is_read_on_both_sides(odd, capsys, left
         assert len(names) == 2, captured.out       # the school east of 180° too, not only the west one
     finally:
         out.unlink(missing_ok=True)
+
+
+# --- training.evaluate --predictions ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """Four synthetic SocioSeg samples (test split) and their true masks as predictions."""
+    from PIL import Image
+
+    from backend.synth.sample import write_socioseg
+
+    root = tmp_path_factory.mktemp("socioseg3")
+    ids = write_socioseg(str(root / "data"), 4, "test", seed=5)
+    perfect = root / "perfect"
+    perfect.mkdir()
+    for i in ids:
+        Image.open(root / "data" / "test" / str(i) / "mask.png").save(perfect / f"{i}.png")
+    return root, [str(i) for i in ids]
+
+
+def _predictions(root, ids, name, keep=(), resize=None):
+    from PIL import Image
+
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    for k, i in enumerate(ids):
+        if k in keep:
+            img = Image.open(root / "perfect" / f"{i}.png")
+            (img.resize(resize, Image.NEAREST) if resize else img).save(folder / f"{i}.png")
+    return folder
+
+
+EVAL_CASES = [
+    ("empty-predictions-folder", lambda r, ids: _predictions(r, ids, "empty"),
+     [r"nothing scored: --predictions .*empty holds no usable <id>\.png mask for the 4 samples of split 'test' "
+      r"\(4 missing, e\.g\. \S+\.png\); no score is written"]),
+    ("predictions-of-another-split", lambda r, ids: (_predictions(r, ids, "other"),
+                                                     (r / "other" / "someone_else.png").write_bytes(
+                                                         (r / "perfect" / f"{ids[0]}.png").read_bytes()))[0],
+     [r"nothing scored", r"4 missing"]),
+    ("all-predictions-the-wrong-size", lambda r, ids: _predictions(r, ids, "small", keep=range(4), resize=(64, 64)),
+     [r"nothing scored", r"4 not the size of their sample: \S+\.png is 64 x 64 px, its sample \d+ x \d+"]),
+]
+
+
+@pytest.mark.parametrize("case", EVAL_CASES, ids=[c[0] for c in EVAL_CASES])
+def test_evaluate_scores_nothing_when_nothing_is_there(case, split, capsys):
+    from training.evaluate import main as evaluate
+
+    root, ids = split
+    _, make, wanted = case
+    folder = make(root, ids)
+    out = root / f"{case[0]}.json"
+    rc = evaluate(["--data", str(root / "data"), "--split", "test", "--out", str(out), "--predictions", str(folder)])
+    err = capsys.readouterr()
+    assert rc == 2, err
+    for pattern in wanted:
+        assert re.search(pattern, err.err), (pattern, err.err)
+    assert not out.exists() and "gIoU" not in err.out
+
+
+def test_evaluate_names_missing_and_wrong_sized_predictions(split, capsys):
+    """Two right, one missing, one of the wrong size: the missing one counts as an empty mask, the
+    wrong-sized one is not stretched into a score; both are named."""
+    from training.evaluate import main as evaluate
+
+    root, ids = split
+    folder = _predictions(root, ids, "mixed", keep=(0, 1))
+    _predictions(root, ids[2:3], "mixed", keep=(0,), resize=(100, 80))
+    out = root / "mixed.json"
+    assert evaluate(["--data", str(root / "data"), "--split", "test", "--out", str(out),
+                     "--predictions", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert f"1 of 4 samples have no prediction file in {folder} and count as empty masks: {ids[3]}.png" in err
+    assert f"1 prediction(s) are not the size of their sample and were not scored (resize them to the sample's " \
+           f"size): {ids[2]}.png is 100 x 80 px" in err
+    result = json.loads(out.read_text())
+    assert result["missing_predictions"] == [ids[3]] and len(result["wrong_size_predictions"]) == 1
+    assert result["metrics"]["all"]["samples"] == 3

@@ -49,7 +49,7 @@ def predict(sample, reasoner, segmenter):
 def evaluate(data: SocioSegData, reasoner=None, segmenter=None, predictions: str | None = None,
              save: str | None = None, progress=None) -> dict:
     board = Scoreboard()
-    missing, notes = [], {}
+    missing, notes, wrong_size, found = [], {}, [], 0
     for i in range(len(data)):
         s = data.get(i)
         if s is None:
@@ -62,9 +62,11 @@ def evaluate(data: SocioSegData, reasoner=None, segmenter=None, predictions: str
                     pred = np.asarray(Image.open(path).convert("L")) > 127
                 except OSError as exc:
                     raise SocioSegError(f"--predictions: {path} is not a readable image ({exc})") from None
-                if pred.shape != s.mask.shape:
-                    pred = np.asarray(Image.fromarray(pred.astype(np.uint8) * 255).resize(
-                        (s.mask.shape[1], s.mask.shape[0]), Image.NEAREST)) > 127
+                found += 1
+                if pred.shape != s.mask.shape:      # stretched, it would be scored against the wrong pixels
+                    wrong_size.append(f"{s.id}.png is {pred.shape[1]} x {pred.shape[0]} px, its sample "
+                                      f"{s.mask.shape[1]} x {s.mask.shape[0]}")
+                    continue
             else:
                 missing.append(s.id)
                 pred = np.zeros_like(s.mask)
@@ -80,14 +82,27 @@ def evaluate(data: SocioSegData, reasoner=None, segmenter=None, predictions: str
         board.add(pred, s.mask, s.level, time.perf_counter() - t)
         if progress:
             progress(i + 1, len(data))
+    if predictions and len(data) and board.all.summary()["samples"] == len(missing):
+        parts = ([f"{len(missing)} missing, e.g. {missing[0]}.png"] if missing else []) + \
+                ([f"{len(wrong_size)} not the size of their sample: {_some(wrong_size, 3)}"] if wrong_size else [])
+        raise SocioSegError(f"nothing scored: --predictions {predictions} holds no usable <id>.png mask for the "
+                            f"{len(data)} samples of split {data.split!r} ({'; '.join(parts)}); no score is written")
     if board.all.summary()["samples"] == 0:
         raise SocioSegError(f"nothing to score: none of the {len(data)} samples of split {data.split!r} in "
                             f"{data.source!r} could be read ({len(data.skipped)} corrupt or incomplete); "
                             "check --data and --split")
     if missing:
-        log.warning("%d samples have no prediction file and count as empty", len(missing))
+        log.warning("%d of %d samples have no prediction file in %s and count as empty masks: %s", len(missing),
+                    len(data), predictions, _some([f"{m}.png" for m in missing]))
+    if wrong_size:
+        log.warning("%d prediction(s) are not the size of their sample and were not scored (resize them to the "
+                    "sample's size): %s", len(wrong_size), _some(wrong_size))
     return {"metrics": board.summary(), "skipped": data.skipped, "missing_predictions": missing,
-            "notes": notes}
+            "wrong_size_predictions": wrong_size, "notes": notes}
+
+
+def _some(items: list[str], shown: int = 5) -> str:
+    return ", ".join(map(str, items[:shown])) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def _finite(value):
