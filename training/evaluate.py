@@ -82,7 +82,7 @@ def evaluate(data: SocioSegData, reasoner=None, segmenter=None, predictions: str
         board.add(pred, s.mask, s.level, time.perf_counter() - t)
         if progress:
             progress(i + 1, len(data))
-    if predictions and len(data) and board.all.summary()["samples"] == len(missing):
+    if predictions and (missing or wrong_size) and board.all.summary()["samples"] == len(missing):
         parts = ([f"{len(missing)} missing, e.g. {missing[0]}.png"] if missing else []) + \
                 ([f"{len(wrong_size)} not the size of their sample: {_some(wrong_size, 3)}"] if wrong_size else [])
         raise SocioSegError(f"nothing scored: --predictions {predictions} holds no usable <id>.png mask for the "
