@@ -9,6 +9,12 @@ realistic, so GrabCut's part of the score is optimistic). Every query runs on th
 the CLI's path (`load_scene` + `detect`); the detected mask is scored against the truth classes on the
 processing grid: IoU, precision, recall (pixels), places found, seconds.
 
+`--leave-one-out` judges the Carto reader's constants city by city: a small grid of them (`--grid`)
+runs on every city's Carto raster, each city is scored with the setting chosen on the others, and
+the table (per city and class: IoU, precision, recall) is printed beside the in-sample one (the
+committed constants). The cities are `--cities` folders, by default Porto and the scenes that
+benchmarks/realdata/make/build.sh built under $REALDATA_EXTRA (/work/realdata_extra/<scene>/out).
+
 `--speed` also times the bundled sample at 0.25 m/px (tiles per second of wall time and per CPU second,
 vector and raster map; on a shared machine the second is the one that says how fast the code is).
 """
@@ -35,6 +41,8 @@ from backend.reasoners.mapreader import MapReader  # noqa: E402
 from backend.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
 
+from benchmarks import leave_one_out  # noqa: E402
+
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "realdata", "porto")
 # (query, task, truth classes). "educational" is the issue's function: school, university, college,
 # kindergarten (college counts as university in resources/socio_classes.json).
@@ -45,6 +53,8 @@ CASES = [
     ("hospitals", "class", {"hospital"}),
     ("medical", "function", {"hospital", "clinic"}),
 ]
+EXTRA = os.environ.get("REALDATA_EXTRA", "/work/realdata_extra")
+SCENES = ("london", "moscow", "kbh", "baltimore", "campogrande", "munich")   # benchmarks/realdata/<scene>/
 MAPS = {"vector (gpkg)": "map.gpkg", "vector (osm.pbf)": "extract.osm.pbf", "carto raster": "map_carto.tif"}
 
 
@@ -106,6 +116,33 @@ def speed(resolution: float = 0.25) -> list[dict]:
     return out
 
 
+def run_leave_one_out(args) -> int:
+    cities = args.cities or [args.data] + [os.path.join(EXTRA, s, "out") for s in SCENES]
+    missing = [c for c in cities if not os.path.isfile(os.path.join(c, MAPS["carto raster"]))]
+    if args.cities and missing:
+        print(f"no scene (map_carto.tif) at {', '.join(missing)}: fix --cities", file=sys.stderr)
+        return 2
+    if missing:    # the default list: say which scenes are not built here and go on with the rest
+        print(f"not built here, left out: {', '.join(missing)} (benchmarks/realdata/make/build.sh)", file=sys.stderr)
+    cities = [c for c in cities if c not in missing]
+    if len(cities) < 2:
+        print("--leave-one-out needs at least two scenes: give --cities", file=sys.stderr)
+        return 2
+    queries = [q for q in leave_one_out.QUERIES if q in args.queries] if args.queries != [c[0] for c in CASES] \
+        else list(leave_one_out.QUERIES)
+    try:
+        res = leave_one_out.leave_one_out(cities, leave_one_out.DEFAULT_GRID if args.grid is None else args.grid,
+                                          args.resolution, args.cache, queries, each=not args.grid_product)
+    except leave_one_out.GridError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    leave_one_out.report(res, queries)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(res, fh, indent=1)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=DEFAULT_DATA)
@@ -116,7 +153,18 @@ def main() -> int:
                     help="map: the reader's outlines (the default); image: GrabCut cuts every place")
     ap.add_argument("--speed", action="store_true", help="also time the sample at 0.25 m/px")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--leave-one-out", action="store_true",
+                    help="choose the Carto reader's constants without each city and score them on it")
+    ap.add_argument("--cities", nargs="+", help="scene folders for --leave-one-out (default: Porto and "
+                    f"{EXTRA}/<scene>/out for {', '.join(SCENES)})")
+    ap.add_argument("--grid", nargs="*", default=None, metavar="NAME=v1,v2",
+                    help=f"constants to choose for --leave-one-out (default: {' '.join(leave_one_out.DEFAULT_GRID)})")
+    ap.add_argument("--grid-product", action="store_true",
+                    help="--leave-one-out: every combination of the --grid values (default: one constant at a time)")
+    ap.add_argument("--cache", help="--leave-one-out: keep each city's runs in this JSON file and reuse them")
     args = ap.parse_args()
+    if args.leave_one_out:
+        return run_leave_one_out(args)
     if not os.path.isdir(args.data):
         print(f"no real scene at {args.data}: give --data", file=sys.stderr)
         return 2
