@@ -1,4 +1,4 @@
-"""Detected entities to files: GeoPackage (default), Shapefile or GeoJSON, written atomically."""
+"""Detected entities to files: GeoPackage (default), Shapefile, GeoJSON or GeoParquet, written atomically."""
 from __future__ import annotations
 
 import logging
@@ -16,7 +16,8 @@ from .schema import FIELDS
 
 log = logging.getLogger(__name__)
 
-DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON",
+           ".parquet": "GeoParquet", ".geoparquet": "GeoParquet"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")
 _GEOD = Geod(ellps="WGS84")
 
@@ -31,7 +32,7 @@ def geodesic_area_m2(geom: shapely.Geometry, crs: CRS) -> float:
 def driver_for(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
     if ext not in DRIVERS:
-        raise InputError(f"cannot tell the output format of {path!r}: use .gpkg, .shp or .geojson")
+        raise InputError(f"cannot tell the output format of {path!r}: use .gpkg, .shp or .geojson, or .parquet for GeoParquet")
     return DRIVERS[ext]
 
 
@@ -128,10 +129,14 @@ def write_entities(path: str, geometries: list, attrs: list[dict], crs: CRS, ove
         elif metadata and driver == "GeoJSON":
             kwargs["layer_options"] = {"DESCRIPTION": "; ".join(f"{k}: {v}" for k, v in metadata.items())}
         try:
-            pyogrio.raw.write(tmp_path, wkb, _columns(attrs, shapefile), [n for n, _ in FIELDS], driver=driver,
-                              crs=crs.to_wkt(), geometry_type="MultiPolygon",
-                              encoding="UTF-8" if shapefile else None, **kwargs)
-            _verify(tmp_path, driver, len(geometries), crs)
+            if driver == "GeoParquet":     # written with pyarrow: GDAL builds often lack the driver
+                from .geoparquet import write_geoparquet
+                write_geoparquet(tmp_path, wkb, _columns(attrs, False), [n for n, _ in FIELDS], crs.to_wkt())
+            else:
+                pyogrio.raw.write(tmp_path, wkb, _columns(attrs, shapefile), [n for n, _ in FIELDS], driver=driver,
+                                  crs=crs.to_wkt(), geometry_type="MultiPolygon",
+                                  encoding="UTF-8" if shapefile else None, **kwargs)
+                _verify(tmp_path, driver, len(geometries), crs)
         except Exception as exc:   # pyogrio's errors, OSError, or a failed check: all mean "not written"
             raise write_failure(path, option, exc) from None
         stem_out = os.path.splitext(os.path.abspath(path))[0]
