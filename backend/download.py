@@ -14,10 +14,12 @@ so a download stopped by Cancel (the plugin terminates this process) or a droppe
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import ssl
 import threading
 import time
@@ -32,6 +34,7 @@ from .errors import ModelNotFoundError, SocioSegError
 MARKER = ".socioseg-download.json"
 PARTIAL = ".partial"
 CHUNK = 1 << 20
+SPACE_MARGIN = 1 << 20      # left free beyond the download itself (the marker, the file system's own needs)
 # When a repo has safetensors weights, the same weights in other formats are dead weight on disk.
 DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf")
 
@@ -209,8 +212,54 @@ def fetch_file(repo_id: str, commit: str, remote: RemoteFile, dest: str, progres
     os.replace(part, final)
 
 
+def check_dest(dest: str) -> None:
+    """`dest` is a folder or can become one (a file there, or above it, is named before any work)."""
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise ModelNotFoundError(f"--dest {dest} is a file, not a folder: give a folder to download into")
+    parent = os.path.dirname(os.path.abspath(dest))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ModelNotFoundError(f"--dest {dest}: {parent} is a file, not a folder; choose another --dest")
+
+
+def _still_needed(dest: str, files: list[RemoteFile]) -> int:
+    """Bytes still to fetch: files already whole in `dest` and the parts already fetched are not."""
+    need = 0
+    for f in files:
+        final = os.path.join(dest, f.name)
+        if os.path.isfile(final) and os.path.getsize(final) == f.size:
+            continue
+        part = os.path.join(dest, PARTIAL, f.name + ".part")
+        have = os.path.getsize(part) if os.path.isfile(part) else 0
+        need += max(0, f.size - have)
+    return need
+
+
+def _free_bytes(dest: str) -> int | None:
+    folder = os.path.abspath(dest)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def check_space(dest: str, files: list[RemoteFile]) -> None:
+    """Compare the free space with what is still to come before fetching a byte: a full disk half-way
+    would otherwise look like a dropped download that Download-again could resume."""
+    need, free = _still_needed(dest, files), _free_bytes(dest)
+    if free is not None and need + SPACE_MARGIN > free:
+        raise ModelNotFoundError(f"not enough disk space in {os.path.abspath(dest)}: the download needs "
+                                 f"{_gb(need)} more and {_gb(free)} are free. Free {_gb(need + SPACE_MARGIN - free)} "
+                                 "or choose another folder (--dest)")
+
+
 def download(repo_id: str, dest: str, revision: str | None = None, size_only: bool = False) -> int:
     """Fetch every needed file of `repo_id` into `dest`; returns the number of files."""
+    if not size_only:
+        check_dest(dest)
     check_online(_endpoint())
     commit, files, skipped = plan(repo_id, revision)
     total = sum(f.size for f in files)
@@ -219,24 +268,72 @@ def download(repo_id: str, dest: str, revision: str | None = None, size_only: bo
         _emit(progress_line(0, 0, total, f"skipping {len(skipped)} duplicate weight file(s): {', '.join(skipped[:4])}"))
     if size_only:
         return len(files)
+    check_space(dest, files)
     os.makedirs(dest, exist_ok=True)
     progress = _Progress(total)
-    for remote in sorted(files, key=lambda f: f.size):     # small files first: a wrong repo shows early
-        progress.start(remote.name)
+    try:
+        _fetch_all(repo_id, commit, files, dest, progress)
+    finally:
         try:
-            fetch_file(repo_id, commit, remote, dest, progress)
-        except urllib.error.HTTPError as exc:
-            raise ModelNotFoundError(f"the hub refused {remote.name} (HTTP {exc.code} {exc.reason}); if the model "
-                                     "is gated, accept its licence and log in with `huggingface-cli login`.") from None
-        except _network_errors() as exc:
-            raise ModelNotFoundError(f"download of {remote.name} stopped ({str(exc).splitlines()[0] or exc!r}); "
-                                     "press Download again to resume where it stopped.") from None
-        progress.finish(remote.size)
+            os.rmdir(os.path.join(dest, PARTIAL))    # only when empty: no part is waiting to be resumed
+        except OSError:
+            pass
     with open(os.path.join(dest, MARKER), "w", encoding="utf-8") as f:
         json.dump({"repo_id": repo_id, "commit": commit, "files": [r.name for r in files], "bytes": total}, f)
     progress.name = "done"
     progress.report(force=True)
     return len(files)
+
+
+def _fetch_all(repo_id: str, commit: str, files: list[RemoteFile], dest: str, progress: _Progress) -> None:
+    for remote in sorted(files, key=lambda f: f.size):     # small files first: a wrong repo shows early
+        progress.start(remote.name)
+        try:
+            fetch_file(repo_id, commit, remote, dest, progress)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise _not_on_hub(repo_id, remote.name, commit) from None
+            raise ModelNotFoundError(f"the hub refused {remote.name} (HTTP {exc.code} {exc.reason}); if the model "
+                                     "is gated, accept its licence and log in with `huggingface-cli login`.") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = _free_bytes(dest)
+                raise ModelNotFoundError(
+                    f"disk full while downloading {remote.name} into {os.path.abspath(dest)}"
+                    + (f" ({_gb(free)} free)" if free is not None else "")
+                    + f": free {_gb(_still_needed(dest, files))} or choose another folder (--dest); "
+                    "what was fetched is kept and the download resumes from there") from None
+            if exc.filename is not None and not _is_hub_error(exc):     # a local file problem, not the network
+                raise ModelNotFoundError(f"cannot write {exc.filename or dest}: {exc.strerror}; choose another "
+                                         "folder (--dest)") from None
+            if _status(exc) == 404:
+                raise _not_on_hub(repo_id, remote.name, commit) from None
+            raise ModelNotFoundError(f"download of {remote.name} stopped ({str(exc).splitlines()[0] or exc!r}); "
+                                     "press Download again to resume where it stopped.") from None
+        except _network_errors() as exc:
+            if _status(exc) == 404 or type(exc).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+                raise _not_on_hub(repo_id, remote.name, commit) from None
+            raise ModelNotFoundError(f"download of {remote.name} stopped ({str(exc).splitlines()[0] or exc!r}); "
+                                     "press Download again to resume where it stopped.") from None
+        progress.finish(remote.size)
+
+
+def _status(exc) -> int | None:
+    """The HTTP status of a hub or HTTP client error, where it has one."""
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None) if response is not None else None
+    return code or getattr(exc, "status_code", None) or getattr(exc, "code", None)
+
+
+def _is_hub_error(exc) -> bool:
+    return getattr(exc, "response", None) is not None or type(exc).__module__.startswith(("huggingface_hub", "requests",
+                                                                                          "httpx", "urllib3"))
+
+
+def _not_on_hub(repo_id: str, name: str, commit: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"{name} is not on the hub for {repo_id} at revision {commit[:12]} (HTTP 404): "
+                              "the model's file list names it but the hub has no such file there. Check the "
+                              "model id and the revision (--revision); Download again will not help")
 
 
 def main(args) -> int:

@@ -552,3 +552,119 @@ def test_evaluate_names_missing_and_wrong_sized_predictions(split, capsys):
     result = json.loads(out.read_text())
     assert result["missing_predictions"] == [ids[3]] and len(result["wrong_size_predictions"]) == 1
     assert result["metrics"]["all"]["samples"] == 3
+
+
+# --- download -------------------------------------------------------------------------------------
+from test_download import COMMIT, REPO, cli as download_cli  # noqa: E402
+
+
+class ListingHub:
+    """A hub on 127.0.0.1 whose file list is `listing` {name: (size, bytes or None)}: a file listed
+    with None is not served (404, as the hub answers for a file missing at a revision)."""
+
+    def __init__(self):
+        self.listing: dict[str, tuple[int, bytes | None]] = {}
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):  # noqa: N802
+                self.serve(False)
+
+            def do_GET(self):  # noqa: N802
+                self.serve(True)
+
+            def serve(self, body):
+                path = self.path.split("?")[0]
+                if path.startswith(f"/api/models/{REPO}"):
+                    raw = json.dumps({"id": REPO, "sha": COMMIT, "siblings": [
+                        {"rfilename": n, "size": size} for n, (size, _) in hub.listing.items()]}).encode()
+                    return self.reply(200, raw, body, {"Content-Type": "application/json"})
+                name = path.rsplit("/", 1)[-1]
+                size, data = hub.listing.get(name, (0, None))
+                if data is None:
+                    return self.reply(404, b"Entry not found", body, {"X-Error-Code": "EntryNotFound",
+                                                                       "X-Error-Message": "Entry not found"})
+                self.reply(200, data, body, {"X-Repo-Commit": COMMIT, "ETag": '"e"'})
+
+            def reply(self, code, raw, body, headers):
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def listing_hub():
+    h = ListingHub()
+    h.listing = {"config.json": (22, b'{"model_type": "tiny"}'), "model.safetensors": (5000, b"w" * 5000)}
+    yield h
+    h.server.shutdown()
+
+
+def _download(hub, tmp_path, dest):
+    p = download_cli("--dest", str(dest), endpoint=hub.url, home=tmp_path / "hf")
+    out, err = p.communicate(timeout=60)
+    return p.returncode, out, err
+
+
+def test_download_into_a_folder_leaves_no_empty_partial(listing_hub, tmp_path):
+    rc, out, err = _download(listing_hub, tmp_path, tmp_path / "m")
+    assert rc == 0, (out, err)
+    assert sorted(os.listdir(tmp_path / "m")) == [".socioseg-download.json", "config.json", "model.safetensors"]
+
+
+DOWNLOAD_CASES = [
+    ("dest-is-a-file", lambda t: (t / "a_file").write_text("x") and t / "a_file", {},
+     r"^ERROR --dest .*a_file is a file, not a folder: give a folder to download into$"),
+    ("dest-under-a-file", lambda t: (t / "a_file").write_text("x") and t / "a_file" / "m", {},
+     r"^ERROR --dest .*a_file/m: .*a_file is a file, not a folder; choose another --dest$"),
+    ("weights-file-404", lambda t: t / "m", {"model-00002.safetensors": (4000, None)},
+     r"^ERROR model-00002\.safetensors is not on the hub for test-org/tiny-model at revision 0123456789ab "
+     r"\(HTTP 404\).*--revision.*Download again will not help$"),
+    ("weights-larger-than-the-disk", lambda t: t / "m", {"model-00002.safetensors": (10 ** 15, None)},
+     r"^ERROR not enough disk space in .*/m: the download needs 1000000\.00 GB more and [\d.]+ [GM]B are free\. "
+     r"Free [\d.]+ [GM]B or choose another folder \(--dest\)$"),
+]
+
+
+@pytest.mark.parametrize("case", DOWNLOAD_CASES, ids=[c[0] for c in DOWNLOAD_CASES])
+def test_download_sweep(case, listing_hub, tmp_path):
+    _, make_dest, extra, wanted = case
+    dest = make_dest(tmp_path)
+    listing_hub.listing.update(extra)
+    before = snapshot(tmp_path)
+    rc, out, err = _download(listing_hub, tmp_path, dest)
+    assert rc == 2, (out, err)
+    assert re.search(wanted, out.strip().splitlines()[-1]), out
+    assert "Traceback" not in err and "press Download again" not in out
+    after = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("hf/")}
+    if case[0] == "weights-file-404":     # what was fetched before the missing file is kept, nothing empty left
+        assert not (dest / ".partial").exists() or os.listdir(dest / ".partial")
+    else:
+        assert after == {k: v for k, v in before.items() if not k.startswith("hf/")}
+
+
+def test_download_on_a_disk_that_fills_up_says_disk_full(listing_hub, tmp_path):
+    """The file list under-states a file (8 MB served, 1 kB listed): the free-space check passes and
+    the disk fills during the download. The message says so and how much to free, never 'Download
+    again'."""
+    from test_reliability import tmpfs
+
+    listing_hub.listing["model-00002.safetensors"] = (1000, b"\1" * 8_000_000)
+    with tmpfs(tmp_path / "small", "4m") as disk:
+        rc, out, err = _download(listing_hub, tmp_path, disk / "m")
+    assert rc == 2, (out, err)
+    last = out.strip().splitlines()[-1]
+    assert re.match(r"ERROR disk full while downloading model-00002\.safetensors into .*/m \([\d.]+ [MG]B free\): "
+                    r"free [\d.]+ [MG]B or choose another folder \(--dest\)", last), last
+    assert "Traceback" not in err
