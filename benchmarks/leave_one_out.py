@@ -200,11 +200,15 @@ def leave_one_out(folders: list[str], grid: list[str], resolution: float = 1.0, 
         with open(cache_path, encoding="utf-8") as fh:
             cache = json.load(fh)
     table = {}
-    for folder in folders:
-        table[city_name(folder)] = measure_city(folder, settings, resolution, queries, cache, log)
-        if cache_path:
-            with open(cache_path, "w", encoding="utf-8") as fh:
-                json.dump(cache, fh)
+    # settings outside, cities inside: the committed constants on every city come first (the
+    # in-sample table), and an interrupted run keeps whole settings in the cache
+    for setting in settings:
+        for folder in folders:
+            table.setdefault(city_name(folder), {}).update(
+                measure_city(folder, [setting], resolution, queries, cache, log))
+            if cache_path:
+                with open(cache_path, "w", encoding="utf-8") as fh:
+                    json.dump(cache, fh)
     keys = [key(s) for s in settings]
     chosen = {c: choose(table, c, keys) for c in table}
     return {"settings": keys, "committed": key(committed), "chosen": chosen,
