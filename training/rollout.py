@@ -41,6 +41,7 @@ class Completion:
     ids: torch.Tensor                  # 1-D, up to and including the first end-of-turn token
     logps: torch.Tensor                # 1-D log-probs of `ids` under the sampling policy
     text: str                          # decoded with special tokens, end tokens removed (as scored)
+    plain: str = ""                    # decoded without special tokens (what the segmenter reads)
 
 
 @dataclass
@@ -116,7 +117,8 @@ class TransformersSampler:
                 stop = _cut(new[row], self.eos_ids)
                 ids = new[row, :stop].cpu()
                 text = clean_response(tok.decode(ids, skip_special_tokens=False))
-                outs.append(Completion(lo + row // n, ids, logps[row, :stop].cpu(), text))
+                outs.append(Completion(lo + row // n, ids, logps[row, :stop].cpu(), text,
+                                       tok.decode(ids, skip_special_tokens=True)))
         return parts, outs
 
 
@@ -142,7 +144,8 @@ class VLLMSampler:
             stop = _cut(ids, self.eos_ids)
             lp = torch.tensor([row[0] for row in lps], dtype=torch.float32)     # the sampled token's
             outs.append(Completion(k // n, ids[:stop], lp[:stop],
-                                   clean_response(tok.decode(ids[:stop], skip_special_tokens=False))))
+                                   clean_response(tok.decode(ids[:stop], skip_special_tokens=False)),
+                                   tok.decode(ids[:stop], skip_special_tokens=True)))
         return parts, outs
 
 
@@ -177,7 +180,9 @@ def two_stage_rollouts(sampler, segmenter, samples: list[RolloutSample], num_gen
         s, ro = samples[c.prompt], rolls[c.prompt]
         h, w = s.sat_image.shape[:2]
         _set_image(segmenter, s.sat_image, cache, c.prompt)
-        a1 = parse_answer(c.text, w, h, tolerant=False)
+        # As released: the segmenter reads the answer without special tokens, the render and the
+        # stage-2 text read it with them.
+        a1 = parse_answer(c.plain, w, h, tolerant=False, shown=c.text)
         _, _, map_r, sat_r, p2 = stage2_inputs(s.query, s.map_image, s.sat_image, a1, segmenter,
                                                tile_size=s.gt_mask.shape[:2])
         pairs2.append((map_r, sat_r, p2))
@@ -196,11 +201,13 @@ def two_stage_rollouts(sampler, segmenter, samples: list[RolloutSample], num_gen
         s, ro = samples[k], rolls[k]
         s1 = ro.stage1[len(ro.stage2)]
         h, w = s.sat_image.shape[:2]
-        a2 = parse_answer(c.text, w, h, tolerant=False)
+        a2 = parse_answer(c.plain, w, h, tolerant=False)
+        # a non-finite coordinate gives SAM no mask (see backend.pipeline.stages.segment_items)
+        items = [it for it in a2.items if np.isfinite([*it.box, *(v for p in it.points for v in p)]).all()]
         final = np.zeros((h, w), bool)
-        if a2.items:
+        if items:
             _set_image(segmenter, s.sat_image, cache, k)
-            final = union(segmenter.segment([Prompt(it.box, it.points) for it in a2.items]), (h, w))
+            final = union(segmenter.segment([Prompt(it.box, it.points) for it in items]), (h, w))
         oh, ow = s.gt_mask.shape[:2]
         on_tile = cv2.resize(final.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST).astype(bool)
         r2 = stage2_rewards(c.text, answer_text(s1.text), on_tile, s.gt_mask, variant)

@@ -12,6 +12,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 STAGE1_TEMPLATE = (
@@ -71,6 +73,15 @@ def smart_resize(height: int, width: int, factor: int = PATCH_FACTOR,
     return h_bar, w_bar
 
 
+# The most objects an answer may hand to the segmenter and the render. A 2,048-token answer (the
+# released budget) holds at most ~157 boxes: Qwen2's pre-tokenizer makes every digit a token, so even
+# `{"bbox_2d":[0,0,0,0]},` is 13 tokens. The cap never binds there; it stops a hostile or runaway
+# answer (millions of boxes) from stalling a tile.
+MAX_OBJECTS = 200
+# How far past the image a box may reach before the parser warns (fraction of the image side).
+FAR_OUTSIDE = 0.1
+
+
 @dataclass
 class Item:
     """One object of an answer, in model-input pixels: box (x1, y1, x2, y2) and optional points."""
@@ -84,6 +95,9 @@ class ParsedAnswer:
     items: list[Item]
     warnings: list[str]
     released: bool = False          # True when json.loads read it: items are exactly the released ones
+    shown: str | None = None        # the answer as decoded with special tokens kept (render, stage-2 text)
+    boxes: list = field(default_factory=list)   # what the render draws (see `render_boxes`)
+    capped_text: str | None = None  # the stage-2 text when the answer was cut to MAX_OBJECTS
 
     @property
     def ok(self) -> bool:
@@ -91,8 +105,11 @@ class ParsedAnswer:
 
     @property
     def stage2_boxes_text(self) -> str:
-        """What the released code puts into the stage-2 text: the answer .strip()ped, "" without tags."""
-        return self.raw.strip() if self.raw is not None else ""
+        """What the released code puts into the stage-2 text: the answer .strip()ped, "" without tags.
+        It reads the decode that keeps special tokens, as released."""
+        if self.capped_text is not None:
+            return self.capped_text
+        return self.shown.strip() if self.shown is not None else ""
 
 
 THINK_ANSWER_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.S)
@@ -133,10 +150,12 @@ def _finite_numbers(values, n: int | None = None) -> list[float] | None:
     return out
 
 
-def _salvage_objects(raw: str) -> list[dict]:
+def _salvage_objects(raw: str, limit: int) -> list[dict]:
     """Pull {"bbox_2d": [...], "points": [[x, y], ...]} objects out of text that is not valid JSON."""
     found = []
     for obj in _OBJECT_RE.finditer(raw + "}"):
+        if len(found) > limit:
+            break
         text = obj.group(0)
         box = _BOX_RE.search(text)
         if not box:
@@ -153,75 +172,169 @@ def _salvage_objects(raw: str) -> list[dict]:
     return found
 
 
-def _released_items(raw: str) -> list[Item] | None:
-    """The objects the released code hands to the segmenter, or None when json.loads rejects the text.
+_NUMERIC_KINDS = "biuf"     # numpy bool, int, uint, float: what SAM 2's predictor turns into a tensor
 
-    As released: `json.loads` of the stripped answer; a non-list gives nothing; non-dict items, items
-    whose `bbox_2d` is not a list of 4, and items whose points cannot be read as [x, y] are skipped;
-    coordinates go on as they are (no clamping, no sorting, points outside the box kept). Items with
-    non-numeric or non-finite coordinates are skipped too: the released segmenter call raises on them
-    and its `except: continue` skips the object.
+
+def _released_object(obj, i: int, width: float, height: float, warnings: list[str]) -> Item | None:
+    """One answer item as the released code hands it to SAM 2, or None where it never reaches a mask.
+
+    Released steps (`parse_visual_prompt_from_json_s2`, `segment_v4_*`, `SegInferStrategy.segment`):
+    a dict; points read as `[p[0], p[1]]` (an error skips the object); `bbox_2d` a list of 4;
+    `np.array(box)` (a ragged box skips it); `np.array(points)` — a ragged point list drops the points
+    and the box is segmented alone; then `predict`, whose failure skips the object: a box or point
+    that numpy cannot hold as numbers (strings, null, integers beyond 64 bits) or of another shape.
+    What numpy holds as numbers goes on as it is: true/false as 1/0, NaN and infinities included.
     """
-    try:
-        value = json.loads(raw.strip())
-    except (ValueError, RecursionError):
+    if not isinstance(obj, dict):
         return None
-    if not isinstance(value, list):
-        return []
-    items = []
-    for obj in value:
-        if not isinstance(obj, dict):
-            continue
-        box = obj.get("bbox_2d", [])
+    box = obj.get("bbox_2d", [])
+    try:
+        points = [[p[0], p[1]] for p in obj.get("points", [])]
+    except Exception:       # the released try around the whole object
+        return None
+    if not isinstance(box, list) or len(box) != 4:
+        return None
+    try:
+        box_array = np.array(box)
+    except ValueError:
+        return None
+    if box_array.dtype.kind not in _NUMERIC_KINDS or box_array.shape != (4,):
+        return None
+    coords = tuple(float(v) for v in box_array.tolist())
+    pts: list[tuple[float, float]] = []
+    if points:
         try:
-            points = [(p[0], p[1]) for p in obj.get("points", [])]
-        except (TypeError, KeyError, IndexError):
-            continue
-        if not isinstance(box, list) or len(box) != 4:
-            continue
-        coords = _finite_numbers(box, 4)
-        pts = [_finite_numbers(list(p), 2) for p in points]
-        if coords is None or any(p is None for p in pts):
-            continue
-        items.append(Item(tuple(coords), [tuple(p) for p in pts]))
-    return items
+            point_array = np.array(points)
+        except ValueError:
+            warnings.append(f"item {i}: points are not [x, y] number pairs; as released, its box is "
+                            "segmented alone")
+            point_array = None
+        if point_array is not None:
+            if point_array.dtype.kind not in _NUMERIC_KINDS or point_array.ndim != 2:
+                return None
+            pts = [(float(x), float(y)) for x, y in point_array.tolist()]
+    if any(isinstance(v, bool) for v in box) or any(isinstance(v, bool) for p in points for v in p):
+        warnings.append(f"item {i}: true/false coordinates read as 1/0, as released")
+    values = coords + tuple(v for p in pts for v in p)
+    if not all(math.isfinite(v) for v in values):
+        warnings.append(f"item {i}: non-finite coordinates; as released they go to the segmenter "
+                        "(SAM gives no mask for them)")
+    elif _far_outside(coords, width, height):
+        warnings.append(f"item {i}: box {_show(coords)} reaches far beyond the {width:g}x{height:g} image; "
+                        "as released it goes to the segmenter as given")
+    return Item(coords, pts)
 
 
-def parse_answer(text: str, width: float, height: float, tolerant: bool = True) -> ParsedAnswer:
+def _far_outside(box, width: float, height: float) -> bool:
+    x1, y1, x2, y2 = box
+    mx, my = FAR_OUTSIDE * width, FAR_OUTSIDE * height
+    return (min(x1, x2) < -mx or min(y1, y2) < -my or max(x1, x2) > width + mx or max(y1, y2) > height + my
+            or max(x1, x2) < 0 or max(y1, y2) < 0 or min(x1, x2) > width or min(y1, y2) > height)
+
+
+def _show(box) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+
+
+def _render_list(value) -> tuple[list, bool]:
+    """(boxes, spoilt): the boxes the released render draws (`render_image`), the `bbox_2d` of every
+    dict item whose `len()` is 4, values as given. An item whose `bbox_2d` has no length (a number,
+    null, true) makes `len()` raise inside the try around the whole list: then no box at all is drawn
+    (`spoilt`)."""
+    if not isinstance(value, list):
+        return [], False
+    boxes = []
+    for item in value:
+        if isinstance(item, dict) and "bbox_2d" in item:
+            try:
+                n = len(item["bbox_2d"])
+            except TypeError:
+                return [], True
+            if n == 4:
+                boxes.append(item["bbox_2d"])
+    return boxes, False
+
+
+def _loads(raw: str | None):
+    """json.loads of the stripped answer; (value, True) or (None, False) when it rejects the text."""
+    if raw is None:
+        return None, False
+    try:
+        return json.loads(raw.strip()), True
+    except (ValueError, RecursionError):
+        return None, False
+
+
+def parse_answer(text: str, width: float, height: float, tolerant: bool = True, shown: str | None = None,
+                 max_objects: int = MAX_OBJECTS) -> ParsedAnswer:
     """Boxes and points of an answer; never raises.
 
-    When json.loads reads the answer, the items are exactly what the released code segments
-    (`released=True`). Otherwise, with `tolerant` (the product's safety net), Python-style literals
-    and JSON-like text are salvaged, boxes sorted and clamped to the `width` x `height` image and
-    stray points dropped, each change described in `warnings`; without it the answer gives nothing,
-    as released.
+    `text` is the answer decoded without special tokens (what the released code segments), `shown`
+    the same answer decoded with them (what it renders and puts into the stage-2 text; default:
+    `text`). When json.loads reads the answer, the items are exactly what the released code segments
+    (`released=True`), warnings name the cases a person may want to know about (boxes far outside
+    the image, non-finite or true/false coordinates, unreadable points). Otherwise, with `tolerant`
+    (the product's safety net), Python-style literals and JSON-like text are salvaged, boxes sorted
+    and clamped to the `width` x `height` image and stray points dropped, each change described in
+    `warnings`; without it the answer gives nothing, as released. At most `max_objects` objects go
+    to the segmenter and the render (the release has no cap; see MAX_OBJECTS).
     """
     warnings: list[str] = []
     raw = extract_answer(text) if isinstance(text, str) else None
+    shown_raw = raw if shown is None else (extract_answer(shown) if isinstance(shown, str) else None)
+    shown_value, shown_json = (None, False) if shown_raw is None else _loads(shown_raw)
+    if shown_raw is not None and shown_raw == raw:
+        value, is_json = shown_value, shown_json
+    else:
+        value, is_json = _loads(raw)
+    capped_text = None
+    if shown_json and isinstance(shown_value, list) and len(shown_value) > max_objects:
+        shown_value = shown_value[:max_objects]
+        capped_text = json.dumps(shown_value)
+    boxes, spoilt = _render_list(shown_value) if shown_json else ([], False)
+    if spoilt:
+        warnings.append("an item's bbox_2d is a number, null or true/false: as released, no box is drawn "
+                        "on the stage-2 images")
     if raw is None:
-        return ParsedAnswer(None, [], ["answer has no <answer>...</answer> block"])
-    released = _released_items(raw)
-    if released is not None:
-        skipped = _count_items(raw) - len(released)
+        return ParsedAnswer(None, [], warnings + ["answer has no <answer>...</answer> block"], shown=shown_raw,
+                            boxes=boxes, capped_text=capped_text)
+    if is_json:
+        items: list[Item] = []
+        entries = value if isinstance(value, list) else []
+        if len(entries) > max_objects:
+            warnings.append(f"answer lists {len(entries)} objects; only the first {max_objects} are used")
+            entries = entries[:max_objects]
+        for i, obj in enumerate(entries):
+            item = _released_object(obj, i, width, height, warnings)
+            if item is not None:
+                items.append(item)
+        skipped = len(entries) - len(items) if isinstance(value, list) else 1
         if skipped > 0:
             warnings.append(f"{skipped} answer item(s) without a usable bbox_2d skipped")
-        return ParsedAnswer(raw, released, warnings, released=True)
+        return ParsedAnswer(raw, items, warnings, released=True, shown=shown_raw, boxes=boxes,
+                            capped_text=capped_text)
     if not tolerant:
-        return ParsedAnswer(raw, [], ["answer is not valid JSON (tolerant parsing is off)"])
+        return ParsedAnswer(raw, [], warnings + ["answer is not valid JSON (tolerant parsing is off)"], shown=shown_raw,
+                            boxes=boxes, capped_text=capped_text)
     value, note = decode_answer_json(raw)
     if note:
         warnings.append(note)
     if value is None:
-        value = _salvage_objects(raw)
+        value = _salvage_objects(raw, max_objects)
         if value:
             warnings.append(f"answer was not valid JSON; recovered {len(value)} object(s) by pattern")
         else:
-            return ParsedAnswer(raw, [], warnings + ["answer is not a JSON list of boxes"])
+            return ParsedAnswer(raw, [], warnings + ["answer is not a JSON list of boxes"], shown=shown_raw,
+                                boxes=boxes, capped_text=capped_text)
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, (list, tuple)):
-        return ParsedAnswer(raw, [], warnings + [f"answer is a {type(value).__name__}, not a list"])
-    items: list[Item] = []
+        return ParsedAnswer(raw, [], warnings + [f"answer is a {type(value).__name__}, not a list"],
+                            shown=shown_raw, boxes=boxes, capped_text=capped_text)
+    if len(value) > max_objects:
+        warnings.append(f"answer lists {len(value)} objects; only the first {max_objects} are used")
+        value = value[:max_objects]
+    items = []
     for i, obj in enumerate(value):
         if not isinstance(obj, dict):
             warnings.append(f"item {i} is not an object")
@@ -253,31 +366,16 @@ def parse_answer(text: str, width: float, height: float, tolerant: bool = True) 
         items.append(Item((cx1, cy1, cx2, cy2), points))
     if not items and value:     # an empty list is a valid "nothing here", not a problem
         warnings.append("answer holds no usable box")
-    return ParsedAnswer(raw, items, warnings)
+    # The salvaged boxes are drawn: json.loads rejected the answer, so the release would draw none.
+    return ParsedAnswer(raw, items, warnings, shown=shown_raw, boxes=[it.box for it in items],
+                        capped_text=capped_text)
 
 
 def render_boxes(answer: ParsedAnswer) -> list:
     """The boxes the render draws: as released, every `bbox_2d` of length 4 in `json.loads` of the
-    answer, values as given; for an answer only the tolerant parser could read, its boxes."""
-    if not answer.released:
-        return [it.box for it in answer.items]
-    value = json.loads(answer.raw.strip())
-    if not isinstance(value, list):
-        return []
-    return [obj["bbox_2d"] for obj in value
-            if isinstance(obj, dict) and "bbox_2d" in obj and _sized(obj["bbox_2d"]) == 4]
-
-
-def _sized(value) -> int | None:
-    try:
-        return len(value)
-    except TypeError:
-        return None
-
-
-def _count_items(raw: str) -> int:
-    value = json.loads(raw.strip())
-    return len(value) if isinstance(value, list) else 1
+    answer (decoded with special tokens), values as given, none at all when one `bbox_2d` has no
+    length; for an answer only the tolerant parser could read, its boxes. At most MAX_OBJECTS."""
+    return answer.boxes
 
 
 def format_answer(items: list[Item], with_points: bool) -> str:

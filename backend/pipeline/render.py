@@ -10,6 +10,8 @@ BOX_COLOUR_NAME = "blue"    # PIL's name for BOX_COLOUR, as the released code sp
 BOX_WIDTH = 2
 MASK_COLOUR = (255, 0, 0)
 MASK_ALPHA = 102  # 0.4 of 255, as the authors composite it
+# Past this many pixels beyond the edge a 2-px outline cannot reach into the image.
+CLIP_MARGIN = 8
 
 
 def render_overlay(image: np.ndarray, boxes, mask: np.ndarray | None) -> np.ndarray:
@@ -17,20 +19,39 @@ def render_overlay(image: np.ndarray, boxes, mask: np.ndarray | None) -> np.ndar
     composited over it (box pixels inside the mask come out (102, 0, 153)).
 
     Boxes are drawn with the coordinates as given (PIL truncates them), as the released code draws
-    the `json.loads` values; a box PIL refuses (x2 < x1 or y2 < y1) is skipped, as released.
+    the `json.loads` values; a box PIL refuses (x2 < x1 or y2 < y1, a string) is skipped, as released.
+    Coordinates far outside the image are first moved to CLIP_MARGIN px beyond its edge: PIL walks
+    every pixel of an outline, so a box at 1e9 took seconds and one at infinity half a minute. The
+    pixels do not change for coordinates within +-1e9 (checked against unclipped drawing); beyond
+    2^31 the released drawing depends on an out-of-range float-to-int conversion in PIL's C code.
     """
     base = Image.fromarray(np.ascontiguousarray(image[..., :3])).convert("RGBA")
     draw = ImageDraw.Draw(base)
-    for x1, y1, x2, y2 in boxes:
+    h, w = base.height, base.width
+    for box in boxes:
         try:
+            x1, y1, x2, y2 = (_clip(box[0], w), _clip(box[1], h), _clip(box[2], w), _clip(box[3], h))
             draw.rectangle([(x1, y1), (x2, y2)], outline=BOX_COLOUR_NAME, width=BOX_WIDTH)
-        except (ValueError, TypeError):
+        except Exception:   # noqa: BLE001 - the released render skips any box PIL cannot draw
             continue
     if mask is not None and mask.any():
         layer = np.zeros((*mask.shape, 4), np.uint8)
         layer[mask.astype(bool)] = (*MASK_COLOUR, MASK_ALPHA)
         base = Image.alpha_composite(base, Image.fromarray(layer, "RGBA"))
     return np.asarray(base.convert("RGB"))
+
+
+def _clip(v, size: int):
+    """A coordinate moved to CLIP_MARGIN px beyond the image when it lies farther out; anything that
+    is not a plain number (a string, true/false, NaN) goes to PIL unchanged. An integer too large
+    for a float raises, as PIL raises on it."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v
+    f = float(v)
+    if f != f:
+        return v
+    lo, hi = -CLIP_MARGIN, size - 1 + CLIP_MARGIN
+    return v if lo <= f <= hi else min(max(f, lo), hi)
 
 
 def resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:

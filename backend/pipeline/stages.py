@@ -140,9 +140,15 @@ class SegmenterSession:
 def segment_items(session: SegmenterSession, handle, items: list[Prompt], outlines=None) -> list[Segmentation]:
     """One segmentation per item: the map's outline where one is given, else the segmenter's cut."""
     outlines = outlines if outlines and len(outlines) == len(items) else [None] * len(items)
-    todo = [i for i, o in enumerate(outlines) if o is None]
+    # A non-finite coordinate (the released code hands it to SAM) spreads NaN through SAM's attention
+    # and gives no mask (tests/test_prompts.py runs SAM 2 on it); GrabCut cannot take one at all.
+    empty = {i for i, it in enumerate(items)
+             if not np.isfinite([*it.box, *(v for p in it.points for v in p)]).all()}
+    todo = [i for i, o in enumerate(outlines) if o is None and i not in empty]
     cut = dict(zip(todo, session.segment(handle, [items[i] for i in todo])))
-    return [cut[i] if o is None else Segmentation(np.asarray(o, bool), None) for i, o in enumerate(outlines)]
+    cut.update({i: Segmentation(np.zeros(handle["image"].shape[:2], bool), None) for i in empty})
+    return [cut[i] if o is None or i in empty else Segmentation(np.asarray(o, bool), None)
+            for i, o in enumerate(outlines)]
 
 
 def coarse_and_render(view: TileView, stage1: ParsedAnswer, session: SegmenterSession, handle, outlines=None):
@@ -235,7 +241,8 @@ def run_batch(views: list[TileView], reasoner: Reasoner, segmenter: Segmenter | 
     p1 = [stage1_prompt(v.query) for v in views]
     r1 = _ask(reasoner, 1, views, p1)
     timed("stage1_reasoner", t)
-    a1 = [parse_answer(r.text, v.model_size[1], v.model_size[0], options.tolerant_parsing) for r, v in zip(r1, views)]
+    a1 = [parse_answer(r.text, v.model_size[1], v.model_size[0], options.tolerant_parsing, shown=r.shown_text)
+          for r, v in zip(r1, views)]
     for v, a in zip(views, a1):
         for w in a.warnings:
             log.warning("%s stage 1: %s", v.tile_id, w)

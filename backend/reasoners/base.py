@@ -42,12 +42,15 @@ class TileView:
 
 @dataclass
 class Reply:
-    text: str
+    text: str      # the answer decoded without special tokens: what the released code segments
     notes: list[str] = field(default_factory=list)   # caveats that travel into the output attributes
     labels: list[str] = field(default_factory=list)  # per answer item, what it is (e.g. a map name)
     # Per answer item, the outline the reasoner read off the map (model-size bool mask) or None: the
     # map reader knows a place's exact extent; a vision-language model gives none.
     outlines: list = field(default_factory=list)
+    # The answer decoded WITH special tokens, where the reasoner has tokens: the released code renders
+    # this text's boxes and puts its answer into the stage-2 text. None: the same as `text`.
+    shown_text: str | None = None
 
 
 class Reasoner(Protocol):

@@ -145,6 +145,10 @@ class QwenReasoner(QwenChat):
     def generate_batch(self, pairs: list[tuple[np.ndarray, np.ndarray, str]]) -> list[str]:
         """One `generate` call over several (map, satellite, text) prompts, left-padded, so that each
         answer equals its batch-of-one answer under greedy decoding."""
+        return [r.text for r in self.reply_batch(pairs)]
+
+    def reply_batch(self, pairs: list[tuple[np.ndarray, np.ndarray, str]]) -> list[Reply]:
+        """`generate_batch`, each answer decoded twice as the released code decodes it."""
         import torch
         from transformers import set_seed
 
@@ -159,19 +163,31 @@ class QwenReasoner(QwenChat):
             out = self.model.generate(**enc, **kwargs, pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
         self.tokens_generated += int((new != tok.pad_token_id).sum())
-        return [tok.decode(row, skip_special_tokens=True) for row in new]
+        return [decode_reply(tok, row) for row in new]
 
     def generate(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> str:
         return self.generate_batch([(map_image, sat_image, text)])[0]
 
     def stage1(self, view: TileView, prompt: str) -> Reply:
-        return Reply(self.generate(view.map_image, view.sat_image, prompt))
+        return self.reply_batch([(view.map_image, view.sat_image, prompt)])[0]
 
     def stage2(self, view: TileView, prompt: str, rendered_map, rendered_sat, stage1: ParsedAnswer) -> Reply:
-        return Reply(self.generate(rendered_map, rendered_sat, prompt))
+        return self.reply_batch([(rendered_map, rendered_sat, prompt)])[0]
 
     def stage1_batch(self, views: list[TileView], prompts: list[str]) -> list[Reply]:
-        return [Reply(t) for t in self.generate_batch([(v.map_image, v.sat_image, p) for v, p in zip(views, prompts)])]
+        return self.reply_batch([(v.map_image, v.sat_image, p) for v, p in zip(views, prompts)])
 
     def stage2_batch(self, views, prompts, rendered, stage1s) -> list[Reply]:
-        return [Reply(t) for t in self.generate_batch([(m, s, p) for (m, s), p in zip(rendered, prompts)])]
+        return self.reply_batch([(m, s, p) for (m, s), p in zip(rendered, prompts)])
+
+
+def decode_reply(tokenizer, ids) -> Reply:
+    """An answer's tokens as the released code decodes them: without special tokens for the segmenter
+    (`segment_v4_*`), with them for the render and the stage-2 text (`batch_decode(...,
+    skip_special_tokens=False)`). The padding after the answer is left out of the second."""
+    ids = list(ids.tolist() if hasattr(ids, "tolist") else ids)
+    pad = tokenizer.pad_token_id
+    while ids and ids[-1] == pad:
+        ids.pop()
+    return Reply(tokenizer.decode(ids, skip_special_tokens=True),
+                 shown_text=tokenizer.decode(ids, skip_special_tokens=False))
