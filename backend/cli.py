@@ -7,7 +7,9 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 
 from .contract import OUTLINES
@@ -349,9 +351,26 @@ COMMANDS = {"detect": cmd_detect, "download": cmd_download, "run-scene": cmd_run
             "synth-socioseg": cmd_synth}
 
 
+def _terminated(signum, frame):
+    # SIGTERM (the plugin's Cancel, `kill`, a job scheduler) unwinds like Ctrl-C, so that a write in
+    # progress puts the previous output back and its staging folder is removed.
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         return COMMANDS[args.command](args)
     except Cancelled:

@@ -668,3 +668,66 @@ def test_download_on_a_disk_that_fills_up_says_disk_full(listing_hub, tmp_path):
     assert re.match(r"ERROR disk full while downloading model-00002\.safetensors into .*/m \([\d.]+ [MG]B free\): "
                     r"free [\d.]+ [MG]B or choose another folder \(--dest\)", last), last
     assert "Traceback" not in err
+
+
+# --- leftovers of killed runs ---------------------------------------------------------------------
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from helpers import ROOT  # noqa: E402
+
+# Runs `python -m backend ARGS` and sends itself SIGNAL right after the old output was moved aside
+# (the worst moment: the previous result is only in the backup folder, the new one not yet placed).
+KILL_MID_COMMIT = """
+import os, signal, sys
+real = os.replace
+def replace(src, dst):
+    real(src, dst)
+    if ".socioseg-old-" in dst:
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+os.replace = replace
+from backend.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _hidden(folder):
+    return sorted(n for n in os.listdir(folder) if n.startswith(".socioseg-"))
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_run_killed_while_replacing_its_output_leaves_the_old_output(world, tmp_path, sig, capsys):
+    out = tmp_path / "result.gpkg"
+    assert main(detect_args(world, "--bbox", *SMALL_BBOX, out=str(out))) == 0
+    old = out.read_bytes()
+    argv = detect_args(world, "--bbox", *SMALL_BBOX, "--overwrite", "--query", "parks", out=str(out))
+    r = subprocess.run([sys.executable, "-c", KILL_MID_COMMIT, sig, *argv], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    if sig == "SIGTERM":      # unwinds: the old output is put back at once, the staging folder removed
+        assert r.returncode == 130 and "interrupted" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert out.read_bytes() == old and _hidden(tmp_path) == []
+        return
+    assert r.returncode == -signal.SIGKILL
+    assert not out.exists() and len(_hidden(tmp_path)) == 2        # the kill left both folders behind
+    # The next run in that folder puts the previous output back and removes the leftovers first.
+    rc = main(detect_args(world, "--bbox", *SMALL_BBOX, out=str(out)))
+    assert rc == 2 and "result.gpkg exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == old and _hidden(tmp_path) == []
+
+
+def test_leftovers_of_other_runs_are_left_alone_while_they_run(tmp_path):
+    """A staging folder of a process that is still running (this one's parent, say) is not touched;
+    one of an older version without a process id is removed once it is old."""
+    from backend.output.atomic import LEGACY_STALE_S, sweep_leftovers
+
+    live = tmp_path / f".socioseg-{os.getppid()}-abcd1234"
+    legacy_new, legacy_old = tmp_path / ".socioseg-k2j3h4g5", tmp_path / ".socioseg-z9y8x7w6"
+    for d in (live, legacy_new, legacy_old):
+        d.mkdir()
+        (d / "result.gpkg").write_bytes(b"x")
+    past = time.time() - LEGACY_STALE_S - 5
+    os.utime(legacy_old, (past, past))
+    (tmp_path / ".socioseg-download.json").write_text("{}")       # a download's marker is no leftover
+    sweep_leftovers(str(tmp_path))
+    assert _hidden(tmp_path) == sorted([live.name, legacy_new.name, ".socioseg-download.json"])

@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 
 from ..errors import InputError
@@ -64,6 +66,7 @@ def write_failure(path: str, option: str, exc: BaseException) -> InputError:
 def check_writable(path: str, option: str) -> None:
     """Fail now, before any work, when `path` could not be written later (checked by really creating
     a file: as root `os.access` says yes even on a read-only mount)."""
+    sweep_leftovers(_existing_ancestor(path))
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a folder: give a file name, e.g. {os.path.join(path, 'result.gpkg')}"
                          if option == "--out" else f"{option} {path} is a folder: give a file name")
@@ -89,14 +92,63 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+_LEFTOVER = re.compile(r"^\.socioseg-(old-)?(?:(\d+)-)?[\w]+$")
+LEGACY_STALE_S = 600      # a staging folder without a pid in its name is taken as abandoned after this
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # EPERM: a process of another user has that id
+        return True
+    return True
+
+
+def sweep_leftovers(folder: str) -> None:
+    """Staging and backup folders (`.socioseg-*`) of runs that were killed (SIGKILL, a power loss)
+    before they could remove them. A backup of a commit that did not finish holds the previous
+    output: its files are put back (over any new file placed before the kill), so the earlier result
+    is whole again; a finished commit's backup and every staging folder are removed. Folders of
+    processes still running are left alone."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = _LEFTOVER.match(name)
+        path = os.path.join(folder, name)
+        if not m or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        try:
+            if m.group(2) is not None:
+                if _alive(int(m.group(2))) or int(m.group(2)) == os.getpid():
+                    continue
+            elif time.time() - os.path.getmtime(path) < LEGACY_STALE_S:
+                continue
+            if m.group(1):
+                kept = os.listdir(path)
+                if any(not os.path.lexists(os.path.join(folder, f)) for f in kept):
+                    for f in kept:         # the commit stopped half-way: the old output comes back whole
+                        os.replace(os.path.join(path, f), os.path.join(folder, f))
+                    log.warning("restored %s from an interrupted write (%s)", ", ".join(sorted(kept)), path)
+            shutil.rmtree(path)
+            log.info("removed %s, left by a stopped run", path)
+        except OSError as exc:       # a read-only folder, say: leave it, never fail a run over it
+            log.info("could not tidy %s: %s", path, exc)
+
+
 @contextmanager
 def staging(path: str, option: str):
     """A temporary folder next to `path` (created with its missing parents), removed afterwards.
-    Write into it, then `commit` the produced files."""
+    Write into it, then `commit` the produced files. Its name carries this process's id, so that a
+    later run can tell a killed run's leftovers (`sweep_leftovers`) from a running one's."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".socioseg-", dir=folder)
+        sweep_leftovers(folder)
+        tmp = tempfile.mkdtemp(prefix=f".socioseg-{os.getpid()}-", dir=folder)
     except OSError as exc:
         raise write_failure(path, option, exc) from None
     try:
@@ -119,28 +171,32 @@ def commit(produced: dict[str, str], replaced: list[str], path: str, option: str
         raise write_failure(path, option, exc) from None
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        backup = tempfile.mkdtemp(prefix=".socioseg-old-", dir=folder) if replaced else None
+        backup = tempfile.mkdtemp(prefix=f".socioseg-old-{os.getpid()}-", dir=folder) if replaced else None
     except OSError as exc:
         raise write_failure(path, option, exc) from None
     moved: list[tuple[str, str]] = []
     placed: list[str] = []
     try:
+        # Noted before each rename: an interrupt (SIGTERM, Ctrl-C) can land right after a rename,
+        # before the next statement, and the file must still be put back.
         for old in replaced:
             keep = os.path.join(backup, os.path.basename(old))
-            os.replace(old, keep)
             moved.append((keep, old))
+            os.replace(old, keep)
         for src, dst in produced.items():
+            placed.append((src, dst))
             os.replace(src, dst)
-            placed.append(dst)
     except BaseException as exc:   # OSError, or Ctrl-C between the renames: put the old files back
-        for dst in placed:
+        for src, dst in placed:
             try:
-                os.remove(dst)
+                if not os.path.lexists(src):      # it was placed: take it away again
+                    os.remove(dst)
             except OSError:
                 pass
         try:
             for keep, old in moved:
-                os.replace(keep, old)
+                if os.path.lexists(keep):
+                    os.replace(keep, old)
         except OSError:
             backup = None   # never delete the only copy of the old files
             raise InputError(f"cannot write {path} ({exc}), and the previous files could not be put back: "
