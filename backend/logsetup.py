@@ -18,6 +18,20 @@ class StderrHandler(logging.StreamHandler):
     def stream(self, value):
         pass
 
+    def emit(self, record):
+        """Above a tqdm progress bar while one is shown (tqdm.write clears the bar's line first and
+        draws it again below), so that no record lands in the middle of the bar's line."""
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is None or not getattr(tqdm, "_instances", None):
+            return super().emit(record)
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:     # as StreamHandler.emit: a broken stream must not end the program
+            self.handleError(record)
+
 
 def setup_logging(level: int, fmt: str = "%(levelname)s: %(message)s") -> None:
     """One handler of ours on the root logger, replaced on every call (running main() twice in one

@@ -731,3 +731,20 @@ def test_leftovers_of_other_runs_are_left_alone_while_they_run(tmp_path):
     (tmp_path / ".socioseg-download.json").write_text("{}")       # a download's marker is no leftover
     sweep_leftovers(str(tmp_path))
     assert _hidden(tmp_path) == sorted([live.name, legacy_new.name, ".socioseg-download.json"])
+
+
+# --- log lines and progress bars ---------------------------------------------------------------------
+def test_warnings_of_training_evaluate_stay_off_its_progress_bar(split, tmp_path, capsys):
+    """A corrupt sample is skipped with a WARNING while the bar is drawn: the line starts fresh."""
+    from training.evaluate import main as evaluate
+
+    root, ids = split
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    (data / "test" / ids[1] / "sat.png").write_bytes(b"not a png")
+    rc = evaluate(["--data", str(data), "--split", "test", "--out", str(tmp_path / "e.json"),
+                   "--predictions", str(root / "perfect")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    k = err.index("WARNING: ")
+    assert k == 0 or err[k - 1] in "\r\n", repr(err[max(0, k - 80):k + 40])
