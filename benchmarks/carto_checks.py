@@ -16,11 +16,14 @@ import argparse
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import shapely  # noqa: E402
+import shapely.affinity  # noqa: E402
+from rasterio.crs import CRS  # noqa: E402
 
 from benchmarks.real_maps import CASES, DEFAULT_DATA, truth_geoms  # noqa: E402
 from backend.pipeline.detect import detect, load_scene  # noqa: E402
@@ -32,17 +35,27 @@ EDGE_M = 10.0
 
 def run(data: str, query: str, task: str, resolution: float, shift: float = 0.0, map_name="map_carto.tif"):
     probe = load_scene(os.path.join(data, "satellite.tif"), os.path.join(data, map_name), resolution=1.0)
-    b = probe.grid.bounds
+    b, crs = probe.grid.bounds, probe.grid.crs
     probe.close()
-    # every run covers the same area, its grid origin moved by `shift` (a fraction of a 1 m pixel)
+    # Every run covers the same area. A grid's origin is snapped to whole pixels, so a sub-pixel phase
+    # is a CRS whose false easting and northing are moved by `shift` metres: the same whole-pixel grid
+    # there lies `shift` metres off on the ground.
+    if shift:
+        p = crs.to_dict()
+        if p.get("proj") != "utm" or p.get("south"):
+            raise SystemExit("sub-pixel phases are made for scenes on a northern UTM grid")
+        crs = CRS.from_proj4(f"+proj=tmerc +lat_0=0 +lon_0={6 * p['zone'] - 183} +k=0.9996 "
+                             f"+x_0={500000 + shift} +y_0={shift} +datum=WGS84 +units=m")
     bbox = (b[0] + 2 + shift, b[1] + 2 + shift, b[2] - 2 + shift, b[3] - 2 + shift)
     scene = load_scene(os.path.join(data, "satellite.tif"), os.path.join(data, map_name), resolution=resolution,
-                       bbox=bbox, max_tiles=100000)
+                       bbox=bbox, crs=crs, max_tiles=100000)
     t = time.perf_counter()
     det = detect(scene, query, MapReader(), GrabCutSegmenter(), task=task)
     secs = time.perf_counter() - t
-    out = [(e.geometry, e.attrs) for e in det.entities]
-    grid = scene.grid
+    out = [(shapely.affinity.translate(e.geometry, -shift, -shift), e.attrs) for e in det.entities]
+    g = scene.grid
+    grid = SimpleNamespace(crs=g.crs, bounds=(g.bounds[0] - shift, g.bounds[1] - shift, g.bounds[2] - shift,
+                                              g.bounds[3] - shift))
     scene.close()
     return out, grid, secs, len(scene.tiles)
 

@@ -96,12 +96,22 @@ class Scene:
             map_rgb, map_valid = map_src.read(tile.x0, tile.y0, tile.width, tile.height)
         return sat, map_rgb, (valid & map_valid) if map_masks else valid
 
-    def map_around(self, tile: geo.Tile, margin: int) -> tuple[np.ndarray, int, int]:
+    def map_around(self, tile: geo.Tile, margin: int, native: float | None = None):
         """The map's pixels of `tile` grown by up to `margin` on every side (within the grid), and
-        the tile's column and row in them."""
+        the tile's column and row in them. With `native` (metres per pixel the reader needs): the
+        same area at the map file's own pixels instead (backend/geo/native.py), or None where there
+        is no such file."""
         x0, y0 = max(0, tile.x0 - margin), max(0, tile.y0 - margin)
         x1 = min(self.grid.width, tile.x0 + tile.width + margin)
         y1 = min(self.grid.height, tile.y0 + tile.height + margin)
+        if native is not None:
+            from ..geo.native import read_native
+            if self.sources is None:
+                return None
+            t = self.grid.transform
+            (ax, ay), (bx, by) = t * (x0, y0), t * (x1, y1)
+            return read_native(self.sources[1], self.grid.crs, (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)),
+                               native, self._lock)
         if self.sources is None:
             return self.map_image[y0:y1, x0:x1], tile.x0 - x0, tile.y0 - y0
         with self._lock:

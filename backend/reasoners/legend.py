@@ -168,16 +168,26 @@ def text_pixels(img, colours, min_px: int = WORD_MIN_PX, min_width: int = WORD_M
     return keep[runs] & out
 
 
-def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((), ()), explain: bool = False):
+def word_sizes(step: int = 1) -> tuple[int, int, int]:
+    """WORD_MIN_PX, WORD_MIN_WIDTH_PX and MARK_MIN_PX on a lattice of every `step`-th map pixel: a
+    label's size is set in the map's own pixels (its font), not in metres."""
+    return (max(1, round(WORD_MIN_PX / step ** 2)), max(1, round(WORD_MIN_WIDTH_PX / step)),
+            max(1, round(MARK_MIN_PX / step ** 2)))
+
+
+def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((), ()), explain: bool = False,
+               step: int = 1):
     """Pixels of the places whose fill is one of `seeds` or whose labels are written in one of
     `labels[0]` (and not only in `labels[1]`, other classes sharing the fill), read as the module
     docstring says. With `explain`, also the evidence: (mask, {"seed": fill pixels, "words": label
-    pixels, "colours": the image's Colours})."""
+    pixels, "colours": the image's Colours}). `pixel_m`: metres of ground per pixel of `img`; `step`:
+    map pixels per pixel of `img` (labels are sized in map pixels)."""
     own, other = labels
+    word_px, word_width, mark_px = word_sizes(step)
     img = Colours(img)
     cat = legend.categories(img, seeds)
     seed = ndimage.binary_opening(cat == SEED, np.ones((2, 2), bool))      # lone antialiased pixels
-    words = text_pixels(img, own) if own else np.zeros(cat.shape, bool)
+    words = text_pixels(img, own, word_px, word_width) if own else np.zeros(cat.shape, bool)
     bridge = max(1, int(round(BRIDGE_M / 2 / pixel_m)))
 
     def answer(mask):
@@ -192,7 +202,7 @@ def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((
         # A place of the shared fill labelled in another class's colour and not in ours is that
         # class's place (Carto: a hospital has the schools' fill, and red names and icons).
         regions, n = ndimage.label(_grow(img, legend, cat, seed, None, cat == OUTSIDE, pixel_m, REACH_M))
-        marks = text_pixels(img, other, MARK_MIN_PX, 1)
+        marks = text_pixels(img, other, mark_px, 1)
         # A label's white halo reads as road, so its letters may lie just outside the region they
         # name: a word or mark counts for the region within MARK_REACH_M of it.
         dist, (iy, ix) = ndimage.distance_transform_edt(regions == 0, return_indices=True)
@@ -218,8 +228,10 @@ class Judge:
     name for 'educational', but never the fill schools share with hospitals alone, nor a
     school-coloured name for 'schools' (universities and kindergartens are named in it too)."""
 
-    def __init__(self, legend: Legend, classes, explained: dict, pixel_m: float, min_fill_m2: float = None):
+    def __init__(self, legend: Legend, classes, explained: dict, pixel_m: float, min_fill_m2: float = None,
+                 step: int = 1):
         self.wanted = set(classes)
+        word_px, word_width, mark_px = word_sizes(step)
         img, seed = explained["colours"], explained["seed"]
         self.found = []
         for rgb, cls in legend.fills.items():
@@ -227,11 +239,11 @@ class Judge:
                 self.found.append(("fill", rgb, set(cls), img.within([rgb], legend.tolerance) & seed))
         own = [(rgb, cls) for rgb, cls in legend.labels.items() if self.wanted & set(cls)]
         for rgb, cls in own:
-            words = explained["words"] if len(own) == 1 else text_pixels(img, [rgb])
+            words = explained["words"] if len(own) == 1 else text_pixels(img, [rgb], word_px, word_width)
             self.found.append(("name", rgb, set(cls), words))
         for rgb, cls in legend.marks.items():
             if self.wanted & set(cls):
-                self.found.append(("name or icon", rgb, set(cls), text_pixels(img, [rgb], MARK_MIN_PX, 1)))
+                self.found.append(("name or icon", rgb, set(cls), text_pixels(img, [rgb], mark_px, 1)))
         self.reach = max(1, int(round(MARK_REACH_M / pixel_m)))
         self.min_fill_px = (FILL_SURE_M2 if min_fill_m2 is None else min_fill_m2) / pixel_m ** 2
         self.all_fill = set().union(*(c for kind, _, c, _ in self.found if kind == "fill")) or set(self.wanted)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import OrderedDict
 
 import cv2
 import numpy as np
 import shapely
+from affine import Affine
 
 from ..errors import InputError
 from ..pipeline.prompts import Item, ParsedAnswer, format_answer
@@ -36,6 +38,8 @@ MAX_BLOCK_M2 = 250_000.0  # a "block" larger than this is open country, not a bl
 MIN_AREA_M2 = 100.0       # default minimum place: smaller pieces (tile-edge slivers, map noise) are dropped
 WORK_M = 1.0              # raster maps are read at about this many metres per pixel
 CONTEXT_M = 100.0         # ... and this far around each tile (a place's reach and grouping, with room)
+BLOCK_M = 384.0           # a raster map's own pixels are read in blocks this wide (plus CONTEXT_M around)
+MAX_BLOCKS = 64           # blocks kept read (about 0.6 MB each): two rows of blocks across a 12 km area
 MIN_SITE_M2 = 20.0        # an enclosing building or site smaller than this is a mapping slip
 # Areas that can stand for a place mapped only as a point inside them, and areas that cannot.
 SITE_KEYS = ("amenity", "landuse", "leisure", "tourism", "shop", "office", "healthcare", "historic",
@@ -125,6 +129,7 @@ class MapReader(SmartResize):
         self.min_area_m2 = float(min_area_m2)   # detect() drops merged regions under this too
         self._spec_cache: dict[tuple[str, str | None], QuerySpec] = {}
         self._vector_cache: dict[int, list] = {}
+        self._blocks: OrderedDict = OrderedDict()     # blocks of a raster map's lattice, read (see _block)
 
     # --- checks before any tile runs ------------------------------------------------------------
     def spec(self, query: str, task: str | None) -> QuerySpec:
@@ -152,8 +157,16 @@ class MapReader(SmartResize):
                     f"this map has no names: {query!r} reads as a place name, but no feature of the vector map "
                     "has a name. Give a map with a 'name' field (e.g. an OpenStreetMap extract), ask for a class "
                     "or function (--task class), or use --reasoner qwen")
-            if not self._candidates(spec, map_features):
+            found = self._candidates(spec, map_features)
+            if not found:
                 log.warning("no map feature matches %r (%s)", query, spec.kind)
+            else:
+                m2 = units_per_metre(map_features.crs) ** 2
+                if all(g.area < self.min_area_m2 * m2 for g, *_ in found):
+                    log.warning("%d map feature(s) match %r, but every one is smaller than the map reader's "
+                                "minimum place of %g m2 (the largest %.0f m2), so none is found: such small "
+                                "features are taken for map noise, not places", len(found), query,
+                                self.min_area_m2, max(g.area for g, *_ in found) / m2)
 
     # --- vector maps ----------------------------------------------------------------------------
     def _candidates(self, spec: QuerySpec, vmap) -> list[tuple[shapely.Geometry, str, float, bool]]:
@@ -294,6 +307,15 @@ class MapReader(SmartResize):
         step = max(1, int(round(WORK_M / pixel_m)))
         h, w = img.shape[:2]
         dx = dy = 0
+        if view.map_around is not None and view.model_size == view.original_size and view.crs is not None:
+            # The map's own pixels where its file can be read so (backend/geo/native.py): which of a
+            # map's one-pixel lines and strokes a grid keeps depends on where its pixels fall.
+            try:
+                native = view.map_around(0, native=WORK_M)
+            except TypeError:          # a map_around that has only the grid's pixels
+                native = None
+            if native is not None:
+                return self._native_items(view, spec, native, colours, others)
         if view.map_around is not None and view.model_size == view.original_size:
             # Read the map around the tile too: a place is judged on its whole extent (up to
             # CONTEXT_M beyond the tile), so a tile that sees only a school's roofs still knows the
@@ -326,6 +348,83 @@ class MapReader(SmartResize):
             notes.append(f"the map legend ({self.legend.name}) cannot tell {spec.label} from "
                          f"{', '.join(sorted(others))}{told}")
         return items, names, masks, notes
+
+    def _native_items(self, view: TileView, spec: QuerySpec, native, colours, others):
+        """_raster_items on the map's own pixel lattice (backend/geo/native.py). The lattice is read in
+        blocks of BLOCK_M anchored to the map's origin, each with CONTEXT_M around it, and a map pixel's
+        place is its block's: so it is the same whatever grid, tile layout or phase asks. A tile takes
+        the blocks it overlaps, warped onto its pixels with nearest neighbour (each tile pixel takes the
+        map pixel under its centre)."""
+        from rasterio.warp import Resampling, reproject
+
+        h, w = view.map_image.shape[:2]
+        bpx = max(64, int(round(BLOCK_M / native.pixel_m)))
+        c0, r0, c1, r1 = native.window
+        on_tile = np.zeros((h, w), np.int32)
+        judged: list = [None]
+        for bj in range(r0 // bpx, (r1 - 1) // bpx + 1):
+            for bi in range(c0 // bpx, (c1 - 1) // bpx + 1):
+                core, transform, found = self._block(native, spec, colours, bi, bj, bpx)
+                if not found:
+                    continue
+                here = np.zeros((h, w), np.int32)
+                reproject(core, here, src_transform=transform, src_crs=native.crs, dst_transform=view.transform,
+                          dst_crs=view.crs, resampling=Resampling.nearest, src_nodata=0, dst_nodata=0)
+                on_tile = np.where(here > 0, here + (len(judged) - 1), on_tile)
+                judged += found
+        items, names, masks = [], [], []
+        for k in np.unique(on_tile):
+            if k == 0:
+                continue
+            m = on_tile == k
+            certain, classes, said = judged[k]
+            ys, xs = np.nonzero(m)
+            items.append(Item((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))))
+            names.append(evidence.tag(spec.label if certain else evidence.site_name(classes), certain, said))
+            masks.append(m)
+        notes = []
+        labels = self.legend.label_colours(spec.classes)
+        if others and items:
+            told = " where no label or icon on the map says which" if any(labels) else ""
+            notes.append(f"the map legend ({self.legend.name}) cannot tell {spec.label} from "
+                         f"{', '.join(sorted(others))}{told}")
+        return items, names, masks, notes
+
+    def _block(self, native, spec: QuerySpec, colours, bi: int, bj: int, bpx: int):
+        """The places of one block of the map's lattice: (the block's place ids, its transform, the
+        (certain, classes, evidence) of each id from 1), read once and kept for the tiles that share it."""
+        src = native.raster.src
+        try:
+            stat = os.stat(src.name)
+            ident = (src.name, stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            ident = (src.name, id(native.raster))
+        key = (ident, native.step, spec.text, spec.kind, bpx, bi, bj)
+        if key in self._blocks:
+            self._blocks.move_to_end(key)
+            return self._blocks[key]
+        from ..geo.native import ground_pixel_m
+
+        px = ground_pixel_m(native.transform, native.crs, (bi + 0.5) * bpx, (bj + 0.5) * bpx)
+        ctx = int(np.ceil(CONTEXT_M / px))
+        x0, y0 = max(0, bi * bpx - ctx), max(0, bj * bpx - ctx)
+        rgb, transform = native.read(x0, y0, (bi + 1) * bpx + ctx, (bj + 1) * bpx + ctx)
+        ox, oy = bi * bpx - x0, bj * bpx - y0
+        labels = self.legend.label_colours(spec.classes)
+        mask, explained = place_mask(rgb, self.legend, colours, px, labels, explain=True, step=native.step)
+        judge = Judge(self.legend, spec.classes, explained, px, step=native.step)
+        core = np.zeros(mask[oy:oy + bpx, ox:ox + bpx].shape, np.int32)
+        found = []
+        for m in group_places(mask, px, max(1, int(np.ceil(self.min_area_m2 / px ** 2)))):
+            part = m[oy:oy + bpx, ox:ox + bpx]
+            if part.any():
+                found.append(judge.judge(m))
+                core[part] = len(found)
+        out = (core, transform * Affine.translation(ox, oy), found)
+        self._blocks[key] = out
+        while len(self._blocks) > MAX_BLOCKS:
+            self._blocks.popitem(last=False)
+        return out
 
     # --- the two stages -------------------------------------------------------------------------
     def _find(self, view: TileView):
