@@ -198,6 +198,15 @@ def _units(crs) -> str:
     return "degrees" if crs.is_geographic else (crs.linear_units or "units")
 
 
+def _features_in(scene) -> int:
+    """The vector map's features within the grid (what the run reads and renders), 0 for a raster map."""
+    if scene.map_features is None:
+        return 0
+    import shapely
+
+    return len(scene.map_features.tree.query(shapely.box(*scene.grid.bounds)))
+
+
 def cmd_detect(args) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -231,9 +240,11 @@ def cmd_detect(args) -> int:
           f"{g.crs.to_string()}, {len(scene.tiles)} tile(s); reasoner {reasoner.name}, segmenter "
           f"{segmenter.name}", file=sys.stderr)
     total = len(scene.tiles)
-    estimate = estimate_seconds(total, parse_reasoner(args.reasoner).kind)
-    if estimate is not None and total > 1:
-        print(f"estimated time: {format_duration(estimate)} for {total} tiles on a 2-core CPU", file=sys.stderr)
+    features = _features_in(scene)
+    estimate = estimate_seconds(total, parse_reasoner(args.reasoner).kind, features)
+    if estimate is not None and (total > 1 or estimate >= 10):
+        print(f"estimated time: {format_duration(estimate)} for {total} tile(s)"
+              + (f" and a map of {features:,} features" if features else "") + " on a 2-core CPU", file=sys.stderr)
     bar = None
     if total > 1:
         from tqdm import tqdm

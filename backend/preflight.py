@@ -97,10 +97,16 @@ def check_dump(folder: str, overwrite: bool, inputs: dict[str, str | None], othe
     check_writable(os.path.join(folder, "tile_0_0"), "--dump")
 
 
-def check_query(query: str) -> str:
+MAX_QUERY_CHARS = 300     # the longest place names are under 200 characters
+
+
+def check_query(query: str, option: str = "--query") -> str:
     q = (query or "").strip()
     if not q:
-        raise InputError("--query is empty: say what to find, e.g. --query schools or --query \"Jinan Zoo\"")
+        raise InputError(f"{option} is empty: say what to find, e.g. --query schools or --query \"Jinan Zoo\"")
+    if len(q) > MAX_QUERY_CHARS:     # and a message that quotes it stays one readable line
+        raise InputError(f"{option} is {len(q):,} characters long ({q[:60]!r}...): say what to find in a few "
+                         f"words (at most {MAX_QUERY_CHARS} characters), e.g. --query schools")
     return q
 
 

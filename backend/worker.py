@@ -136,8 +136,11 @@ def run_scene(folder: str, req: contract.SceneRequest | None = None) -> contract
     from .pipeline.detect import detect
     from .pipeline.stages import PipelineOptions, answered_summary, no_answers_message
 
+    from .preflight import check_query
+
     started = time.monotonic()
     req = req or contract.SceneRequest.read(folder)
+    req.query = check_query(req.query, "the query")
     check_result_writable(folder)
     parse_reasoner(req.reasoner), parse_segmenter(req.segmenter)     # cheap checks before reading rasters
     generation = generation_settings(req.generation)

@@ -748,3 +748,118 @@ def test_warnings_of_training_evaluate_stay_off_its_progress_bar(split, tmp_path
     assert rc == 0, err
     k = err.index("WARNING: ")
     assert k == 0 or err[k - 1] in "\r\n", repr(err[max(0, k - 80):k + 40])
+
+
+# --- unclear messages ----------------------------------------------------------------------------------
+def _vector(path, geoms, props, crs="EPSG:32650"):
+    import shapely
+
+    names = sorted({k for p in props for k in p})
+    fields = [np.array([p.get(k, "") for p in props], dtype=object) for k in names]
+    kind = geoms[0].geom_type
+    pyogrio.raw.write(str(path), np.array([shapely.to_wkb(g) for g in geoms], dtype=object), fields, names,
+                      driver="GPKG", crs=crs, geometry_type=kind)
+
+
+@pytest.fixture(scope="module")
+def maps(world):
+    import shapely
+
+    _vector(world / "one_point.gpkg", [shapely.Point(500_100, 4_056_900)], [{"amenity": "school", "name": "A"}])
+    _vector(world / "points_on_a_line.gpkg", [shapely.Point(499_500 + 300 * i, 4_056_900) for i in range(4)],
+            [{"amenity": "school", "name": f"S{i}"} for i in range(4)])
+    rng = np.random.default_rng(3)
+    xy = rng.uniform([499_300, 4_056_300], [500_800, 4_057_300], (500, 2))
+    tiny = [shapely.box(x, y, x + 6, y + 6) for x, y in xy]                    # 36 m2 each
+    frame = [shapely.box(499_250, 4_056_250, 500_850, 4_057_350).exterior.buffer(1)]    # a road ring
+    _vector(world / "tiny_schools.gpkg", tiny + frame,
+            [{"amenity": "school", "name": f"kiosk {i}"} for i in range(500)] + [{"highway": "residential"}])
+    return world
+
+
+LONG_QUERY = "school " * 150_000           # a megabyte pasted into the query field
+
+MESSAGE_CASES = [
+    ("one-point-vector-map", lambda w: detect_args(w, map_="one_point.gpkg"), 2,
+     [r"the map's features cover no area \(they span 0 x 0 metre: a single point", r"give a map"]),
+    ("points-on-one-line", lambda w: detect_args(w, map_="points_on_a_line.gpkg"), 2,
+     [r"the map's features cover no area \(they span 900 x 0 metre"]),
+    ("a-megabyte-query", lambda w: detect_args(w, query=LONG_QUERY), 2,
+     [r"--query is 1,049,999 characters long \('school school", r"at most 300 characters"]),
+]
+
+
+@pytest.mark.parametrize("case", MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES])
+def test_message_sweep(case, maps, capsys):
+    _, argv, code, wanted = case
+    before = snapshot(maps)
+    rc = main(argv(maps))
+    err = capsys.readouterr().err
+    message = _last_line(err)
+    assert rc == code, err[-3000:]
+    assert "Traceback" not in err and "internal error" not in err and len(err) < 2000
+    for pattern in wanted:
+        assert re.search(pattern, message), (pattern, message)
+    assert "rasters" not in message
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", message)) <= OPTIONS, message
+    assert snapshot(maps) == before
+
+
+def test_matches_all_under_the_minimum_area_are_named(maps, capsys):
+    out = maps / "tiny.gpkg"
+    rc = main(detect_args(maps, map_="tiny_schools.gpkg", out=str(out)))
+    captured = capsys.readouterr()
+    out.unlink(missing_ok=True)
+    assert rc == 0 and "found 0 entities" in captured.out, captured.err
+    assert re.search(r"WARNING: 500 map feature\(s\) match 'schools', but every one is smaller than the map "
+                     r"reader's minimum place of 100 m2 \(the largest 36 m2\), so none is found", captured.err)
+
+
+def test_a_megabyte_query_in_a_scene_request_is_one_short_error_line(scene_folder, tmp_path, capsys):  # noqa: F811
+    from backend.worker import main as worker_main
+
+    folder = tmp_path / "scene"
+    shutil.copytree(scene_folder, folder)
+    d = _request(folder)
+    d["query"] = LONG_QUERY
+    _write_request(folder, d)
+    assert worker_main(str(folder)) == 2
+    out = capsys.readouterr().out
+    assert len(out) < 1000 and out.startswith("ERROR the query is 1,049,999 characters long"), out[:300]
+
+
+def test_dump_on_a_full_disk_names_dump_not_out(world, tmp_path, capsys):
+    from test_reliability import fill, tmpfs
+
+    out = tmp_path / "out.gpkg"
+    with tmpfs(tmp_path / "full", "256k") as disk:
+        fill(disk)
+        rc = main(detect_args(world, "--bbox", *SMALL_BBOX, "--dump", str(disk / "dump"), out=str(out),
+                              map_="map.tif"))
+        err = capsys.readouterr().err
+        message = _last_line(err)
+    assert rc == 2 and re.match(r"error: disk full: cannot write .*/full/dump/tile_0_0.* choose another --dump",
+                                message), err
+    assert "--out" not in message and not out.exists()
+
+
+def test_the_time_estimate_counts_the_map(capsys):
+    """Porto's OpenStreetMap extract (about 20,000 features) makes the estimate tens of seconds, not 1 s."""
+    from backend.geo.tiles import estimate_seconds
+
+    assert estimate_seconds(9, "mapreader", 20_000) == pytest.approx(9 * 0.35 + 24.0)
+    assert estimate_seconds(9, "mapreader") == pytest.approx(9 * 0.35)
+    assert estimate_seconds(9, "qwen", 20_000) is None
+    porto = "/work/shared/realdata/porto"
+    if not os.path.exists(porto):
+        pytest.skip("the Porto scene is not here")
+    out = "/tmp/reliab3_estimate.gpkg"
+    rc = main(["detect", "--satellite", f"{porto}/satellite.tif", "--map", f"{porto}/map.gpkg", "--query", "schools",
+               "--out", out, "--overwrite", "--bbox", "532000", "4555000", "533300", "4555600"])
+    captured = capsys.readouterr()
+    os.remove(out)
+    assert rc == 0, captured.err
+    m = re.search(r"estimated time: (\d+) s for 2 tile\(s\) and a map of ([\d,]+) features", captured.err)
+    took = float(re.search(r"in ([\d.]+) s", captured.out).group(1))
+    assert m and int(m.group(2).replace(",", "")) > 1000, captured.err
+    assert took / 3 <= int(m.group(1)) <= took * 3, (m.group(0), took)

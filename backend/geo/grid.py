@@ -102,9 +102,16 @@ def plan_grid(footprints: list[tuple[CRS, tuple]], crs: CRS | None = None,
     miny = max(b[1] for b in boxes)
     maxx = min(b[2] for b in boxes)
     maxy = min(b[3] for b in boxes)
+    flat = [i for i, b in enumerate(boxes) if not (b[0] < b[2] and b[1] < b[3])]
+    if flat:      # only a vector map's features can span no area: rasters always have some
+        b = boxes[flat[0]]
+        raise InputError(f"the {'map' if flat[0] else 'satellite'}'s features cover no area (they span "
+                         f"{b[2] - b[0]:.6g} x {b[3] - b[1]:.6g} {crs.linear_units if crs.is_projected else 'degrees'}"
+                         ": a single point, or points on one line), so they cannot say where to look: give a "
+                         "map with the area's features (streets, buildings, land use), or a raster map")
     if minx >= maxx or miny >= maxy:
-        raise InputError("the satellite and map rasters do not overlap: check that both cover the same "
-                         "place and that their CRSs are set correctly")
+        raise InputError("the satellite and map do not overlap: check that both cover the same place and "
+                         "that their CRSs are set correctly")
     if bbox is not None:
         if bbox[0] >= bbox[2] or bbox[1] >= bbox[3]:
             raise InputError(f"--bbox {tuple(bbox)} is empty: give MINX MINY MAXX MAXY (min before max)")

@@ -14,6 +14,10 @@ DEFAULT_MAX_TILES = 20_000
 # Seconds per 768 px tile, measured with benchmarks/memory.py (the sample at 0.25 m/px) on this
 # project's 2-core CPU machine; engines not measured here have no entry.
 SECONDS_PER_TILE = {"mapreader": 0.35}    # the sample raster map at 1 m: 6 tiles in 2.0 s (0.25 m: 70 in 8.1 s)
+# A vector map costs time by its features (rendered per tile, matched, street blocks polygonised):
+# Porto's 19,691 features in the area, 9 tiles at 1 m, took 22.7 s where the tiles alone account for 3 s,
+# and 100,000 features took 140-243 s in the issue-20 sweep; 1.2 ms a feature lies between.
+SECONDS_PER_MAP_FEATURE = {"mapreader": 0.0012}
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,11 @@ def tile_layout(width: int, height: int, size: int = DEFAULT_TILE, overlap: int 
     return [Tile(r, c, x, y, tw, th) for r, y in enumerate(ys) for c, x in enumerate(xs)]
 
 
-def estimate_seconds(n_tiles: int, reasoner_kind: str = "mapreader") -> float | None:
+def estimate_seconds(n_tiles: int, reasoner_kind: str = "mapreader", map_features: int = 0) -> float | None:
     """About how long `n_tiles` default-size tiles take with a reasoner kind ("mapreader", "qwen",
-    "openai"), or None where this machine has no measurement (the progress line's rate tells then)."""
+    "openai") and a vector map of `map_features` features (0 for a raster map), or None where this
+    machine has no measurement (the progress line's rate tells then)."""
     per_tile = SECONDS_PER_TILE.get(reasoner_kind)
-    return None if per_tile is None else n_tiles * per_tile
+    if per_tile is None:
+        return None
+    return n_tiles * per_tile + map_features * SECONDS_PER_MAP_FEATURE.get(reasoner_kind, 0.0)

@@ -317,6 +317,15 @@ def _png(path: str, array: np.ndarray) -> None:
 
 def dump_tile(result: TileResult, folder: str, extra: dict | None = None) -> str:
     """Everything the model saw and said for one tile, at its input size (see README, --dump)."""
+    try:
+        return _dump_tile(result, folder, extra)
+    except OSError as exc:       # PIL's errors name no file: name the dump's, so the message blames --dump
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), os.path.join(folder, result.view.tile_id)) from exc
+        raise
+
+
+def _dump_tile(result: TileResult, folder: str, extra: dict | None = None) -> str:
     v = result.view
     d = os.path.join(folder, v.tile_id)
     os.makedirs(d, exist_ok=True)
