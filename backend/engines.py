@@ -1,7 +1,7 @@
 """Engine spec strings, the same everywhere (CLI, plugin settings, training).
 
-    --reasoner  mapreader | qwen[:HF_ID_OR_DIR] | openai:SERVER_URL
-    --segmenter grabcut | sam2[:HF_ID_OR_DIR] | sam:MODEL_TYPE:CHECKPOINT
+    --reasoner  mapreader | qwen[:HF_ID_OR_DIR] | openai:SERVER_URL | sam3-concept[:HF_ID_OR_DIR]
+    --segmenter grabcut | sam2[:HF_ID_OR_DIR] | sam3[:HF_ID_OR_DIR] | sam:MODEL_TYPE:CHECKPOINT
 """
 from __future__ import annotations
 
@@ -34,8 +34,12 @@ def parse_reasoner(spec: str) -> EngineSpec:
         if not rest:
             raise InputError("a model server needs its URL: --reasoner openai:http://gpu-box:8000/v1")
         return EngineSpec("openai", (rest,))
-    raise InputError(f"unknown reasoner {spec!r}: use 'mapreader' (no weights), 'qwen[:HF_ID_OR_DIR]' "
-                     "or 'openai:SERVER_URL' (a model server)")
+    if kind == "sam3-concept":
+        from .segmenters.sam3 import DEFAULT_SAM3
+        return EngineSpec("sam3-concept", (rest or DEFAULT_SAM3,))
+    raise InputError(f"unknown reasoner {spec!r}: use 'mapreader' (no weights), 'qwen[:HF_ID_OR_DIR]', "
+                     "'openai:SERVER_URL' (a model server) or 'sam3-concept[:HF_ID_OR_DIR]' (SAM 3's text "
+                     "prompts on the satellite image, a baseline)")
 
 
 def parse_segmenter(spec: str) -> EngineSpec:
@@ -46,13 +50,16 @@ def parse_segmenter(spec: str) -> EngineSpec:
     if kind == "sam2":
         from .segmenters.sam2 import DEFAULT_SAM2
         return EngineSpec("sam2", (rest or DEFAULT_SAM2,))
+    if kind == "sam3":
+        from .segmenters.sam3 import DEFAULT_SAM3
+        return EngineSpec("sam3", (rest or DEFAULT_SAM3,))
     if kind == "sam":
         model_type, _, checkpoint = rest.partition(":")
         if not model_type or not checkpoint:
             raise InputError("SAM needs a model type and a checkpoint: --segmenter sam:vit_h:/path/sam_vit_h_4b8939.pth")
         return EngineSpec("sam", (model_type, checkpoint))
-    raise InputError(f"unknown segmenter {spec!r}: use 'grabcut' (no weights), 'sam2[:HF_ID_OR_DIR]' "
-                     "or 'sam:MODEL_TYPE:CHECKPOINT'")
+    raise InputError(f"unknown segmenter {spec!r}: use 'grabcut' (no weights), 'sam2[:HF_ID_OR_DIR]', "
+                     "'sam3[:HF_ID_OR_DIR]' or 'sam:MODEL_TYPE:CHECKPOINT'")
 
 
 def build_reasoner(spec: str, device: str = "auto", generation=None, server=None):
@@ -64,6 +71,9 @@ def build_reasoner(spec: str, device: str = "auto", generation=None, server=None
     if s.kind == "openai":
         from .reasoners.openai_server import OpenAIReasoner, ServerSettings
         return OpenAIReasoner(ServerSettings(s.args[0], **(server or {})), generation)
+    if s.kind == "sam3-concept":
+        from .reasoners.sam3_concept import Sam3ConceptReasoner
+        return Sam3ConceptReasoner(s.args[0], device=device)
     from .reasoners.qwen import QwenReasoner
     return QwenReasoner(s.args[0], device=device, generation=generation)
 
@@ -76,5 +86,8 @@ def build_segmenter(spec: str, device: str = "auto"):
     if s.kind == "sam2":
         from .segmenters.sam2 import Sam2Segmenter
         return Sam2Segmenter(s.args[0], device=device)
+    if s.kind == "sam3":
+        from .segmenters.sam3 import Sam3Segmenter
+        return Sam3Segmenter(s.args[0], device=device)
     from .segmenters.sam import SamSegmenter
     return SamSegmenter(s.args[0], s.args[1], device=device)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from qgis.PyQt.QtWidgets import (QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
-                                 QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QPushButton,
+from qgis.PyQt.QtWidgets import (QApplication, QCheckBox, QComboBox, QCompleter, QDialog, QDialogButtonBox,
+                                 QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QPushButton,
                                  QSpinBox, QVBoxLayout)
 
 from . import environment as env
@@ -15,6 +15,7 @@ from .settings import PluginSettings
 
 SETUP_TEXT = "Set up Python environment"
 MODELS_TEXT = "Install model packages"
+SEGMENTER_CHOICES = ["grabcut", "sam2:facebook/sam2-hiera-large", "sam3:facebook/sam3"]
 # The Outlines choice (values: contract.OUTLINES)
 OUTLINE_CHOICES = (("From the map (map reader)", "map"), ("Cut from the satellite image (Segmenter)", "image"))
 
@@ -54,7 +55,10 @@ class SettingsDialog(QDialog):
         self.vlm = QLineEdit(s.vlm_model)
         self.vlm.setToolTip("Hugging Face id or local folder of the vision-language model")
         self.segmenter = QLineEdit(s.segmenter)
-        self.segmenter.setToolTip("sam2[:HF_ID_OR_DIR] or sam:MODEL_TYPE:CHECKPOINT")
+        self.segmenter.setToolTip("grabcut, sam2[:HF_ID_OR_DIR], sam3[:HF_ID_OR_DIR] (facebook/sam3 is gated: "
+                                  "request access on its Hugging Face page and log in) or "
+                                  "sam:MODEL_TYPE:CHECKPOINT")
+        self.segmenter.setCompleter(QCompleter(SEGMENTER_CHOICES, self.segmenter))
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.device.setCurrentText(s.device)

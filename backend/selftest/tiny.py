@@ -4,7 +4,9 @@
   Qwen special tokens, and the Qwen2.5-VL chat template; it can be fitted briefly so that it answers in
   the released model's format (otherwise random weights stop the pipeline after stage 1);
 - a SAM 2 (`Sam2Model` + `Sam2Processor`) with a four-stage Hiera of width 16;
-- a SAM (segment-anything `Sam`, model type `vit_tiny`) with a one-block ViT encoder.
+- a SAM (segment-anything `Sam`, model type `vit_tiny`) with a one-block ViT encoder;
+- a SAM 3 (`Sam3VideoModel`, saved as `facebook/sam3` is: `Sam3TrackerModel` and `Sam3Model` load it)
+  of width 32 with a CLIP tokenizer trained here.
 They are saved like real checkpoints and loaded back through the same code users run.
 """
 from __future__ import annotations
@@ -161,6 +163,82 @@ def build_tiny_sam2(seed: int = 0):
     return Sam2Model(cfg).eval(), Sam2Processor(image_processor=Sam2ImageProcessor())
 
 
+SAM3_IMAGE = 112      # the tiny SAM 3's input size: 8 x 8 patches of 14 px
+CLIP_CORPUS = ["school", "park", "hospital", "university", "church", "stadium", "market", "cemetery",
+               "a", "the", "of", "and"]
+
+
+def build_clip_tokenizer():
+    """A CLIP tokenizer (CLIP's normaliser, pre-tokenizer and `</w>` word ends) over a BPE trained here."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    tk = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.train_from_iterator([" ".join(CLIP_CORPUS)] * 3, trainers.BpeTrainer(
+        vocab_size=400, end_of_word_suffix="</w>", special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe = json.loads(tk.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in bpe["merges"]]
+    return CLIPTokenizer(vocab=bpe["vocab"], merges=merges)
+
+
+def sam3_processor(tokenizer, image_size: int):
+    from transformers import Sam3ImageProcessor, Sam3Processor
+
+    return Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": image_size, "width": image_size}),
+                         tokenizer=tokenizer)
+
+
+def build_tiny_sam3(seed: int = 0):
+    """(model, processor) of a SAM 3 laid out as `facebook/sam3` is (`Sam3VideoModel`: the text-prompted
+    detector and the box/point tracker on one vision backbone), width 32, 112 px input."""
+    import torch
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    _quiet_transformers()
+    tok = build_clip_tokenizer()
+    vit = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=2, image_size=SAM3_IMAGE, patch_size=14, window_size=4, global_attn_indexes=[1],
+               pretrain_image_size=56)
+    side = SAM3_IMAGE // 14
+    vision = dict(model_type="sam3_vision_model", backbone_config=vit, fpn_hidden_size=32,
+                  backbone_feature_sizes=[[4 * side] * 2, [2 * side] * 2, [side] * 2])
+    small = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    detector = dict(
+        vision_config=vision,
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, projection_dim=32,
+                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        geometry_encoder_config=dict(num_layers=1, **small), detr_encoder_config=dict(num_layers=1, **small),
+        detr_decoder_config=dict(num_layers=1, num_queries=8, **small),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2))
+    tracker = dict(image_size=SAM3_IMAGE, vision_config=vision,
+                   prompt_encoder_config=dict(hidden_size=32, image_size=SAM3_IMAGE, patch_size=14),
+                   mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32))
+    torch.manual_seed(seed)
+    model = Sam3VideoModel(Sam3VideoConfig(detector_config=detector, tracker_config=tracker)).eval()
+    return model, sam3_processor(tok, SAM3_IMAGE)
+
+
+def save_sam3(model, processor, path: str) -> str:
+    """Save like the `facebook/sam3` checkpoint, so that `Sam3TrackerModel` and `Sam3Model` both load it.
+    The weights are written from the module's own names: transformers 5.24's `save_pretrained` of a
+    `Sam3VideoModel` doubles the tracker's prefix (`tracker_model.tracker_model.`), which no loader reads."""
+    from safetensors.torch import save_model
+
+    import glob
+
+    model.save_pretrained(path)
+    for f in glob.glob(os.path.join(glob.escape(path), "model*.safetensors*")):
+        os.remove(f)
+    save_model(model, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    processor.save_pretrained(path)
+    return path
+
+
 def register_tiny_sam() -> None:
     """Make `sam:vit_tiny:CHECKPOINT` loadable: a one-block, 32-wide ViT encoder, never a useful
     segmenter, kept out of the production registry until the self-test asks for it."""
@@ -187,7 +265,7 @@ def build_tiny_sam(path: str, seed: int = 0) -> str:
 
 
 def save_models(models_dir: str, vlm_examples=None, seed: int = 0) -> dict[str, str]:
-    """Build, fit (when examples are given) and save all three; returns their engine specs."""
+    """Build, fit (when examples are given) and save all four; returns their engine specs."""
     t = time.perf_counter()
     os.makedirs(models_dir, exist_ok=True)
     sam2, sam2_proc = build_tiny_sam2(seed)
@@ -195,6 +273,7 @@ def save_models(models_dir: str, vlm_examples=None, seed: int = 0) -> dict[str, 
     sam2.save_pretrained(sam2_dir)
     sam2_proc.save_pretrained(sam2_dir)
     sam_path = build_tiny_sam(os.path.join(models_dir, "sam", "sam_vit_tiny.pth"), seed)
+    sam3_dir = save_sam3(*build_tiny_sam3(seed), os.path.join(models_dir, "sam3"))
     extra = [t for ex in (vlm_examples or []) for t in (ex[2], ex[3])]
     vlm, proc = build_tiny_vlm(seed, extra)
     if vlm_examples:
@@ -204,4 +283,5 @@ def save_models(models_dir: str, vlm_examples=None, seed: int = 0) -> dict[str, 
     vlm.save_pretrained(vlm_dir)
     proc.save_pretrained(vlm_dir)
     log.info("tiny models saved to %s in %.1f s", models_dir, time.perf_counter() - t)
-    return {"reasoner": f"qwen:{vlm_dir}", "sam2": f"sam2:{sam2_dir}", "sam": f"sam:vit_tiny:{sam_path}"}
+    return {"reasoner": f"qwen:{vlm_dir}", "sam2": f"sam2:{sam2_dir}", "sam": f"sam:vit_tiny:{sam_path}",
+            "sam3": f"sam3:{sam3_dir}"}
