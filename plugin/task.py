@@ -55,6 +55,9 @@ CONTROLS = [(", a legend file with that class (--legend),", ","), (" (--legend)"
             ("e.g. --reasoner openai:", "Settings > Model server > URL, e.g. "),
             ("in the SOCIOSEG_API_KEY environment variable", "under Settings > Model server > API key"),
             ("--served-model", "Settings > Model server > Served model"),
+            ("; --dump DIR keeps every answer", ""), ("--max-new-tokens", "Settings > Response budget (tokens)"),
+            ("raise --request-timeout or lower --concurrency", "lower Settings > Model server > Requests in flight"),
+            (" (--request-timeout)", ""),
             ("--concurrency", "Settings > Model server > Requests in flight"),
             ("--task", "Task level"), ("--reasoner", "Engine"),
             ("--segmenter", "Settings > Segmenter"), ("--device", "Settings > Device")]

@@ -863,3 +863,15 @@ def test_the_time_estimate_counts_the_map(capsys):
     took = float(re.search(r"in ([\d.]+) s", captured.out).group(1))
     assert m and int(m.group(2).replace(",", "")) > 1000, captured.err
     assert took / 3 <= int(m.group(1)) <= took * 3, (m.group(0), took)
+
+
+def test_new_messages_name_the_plugin_controls_in_the_plugin(plugin_pkg):
+    from backend.pipeline.stages import no_answers_message
+    from socioseg.plugin.task import plugin_wording
+
+    for notes in ({}, {"answer cut at the response budget of 64 tokens (--max-new-tokens)": 2}):
+        text = plugin_wording(no_answers_message(2, notes, 64))
+        assert "Settings > Response budget (tokens)" in text and "--" not in text, text
+    text = plugin_wording("the model server at http://x/v1 did not answer within 600 s (--request-timeout): it is "
+                          "overloaded or stalled; raise --request-timeout or lower --concurrency")
+    assert "Requests in flight" in text and "--" not in text, text
