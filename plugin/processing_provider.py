@@ -130,3 +130,5 @@ class SocioSegProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):
         self.addAlgorithm(DetectEntitiesAlgorithm())
+        from .processing_dataset import BuildTrainingSetAlgorithm
+        self.addAlgorithm(BuildTrainingSetAlgorithm())

@@ -364,9 +364,31 @@ class Imagery:
         m, m_ok = self.map.read(t.x0, t.y0, t.width, t.height)
         return rgb, m, valid & m_ok
 
+    def valid(self, t: Tile) -> np.ndarray:
+        """Where the tile has imagery (any image) and map, from the masks alone."""
+        from rasterio.windows import Window
+        w = Window(t.x0, t.y0, t.width, t.height)
+        ok = np.zeros((t.height, t.width), bool)
+        for s in self.sats:
+            ok |= s._mask(w)
+            if ok.all():
+                break
+        if hasattr(self.map, "_mask") and self.map.use_mask:
+            ok &= self.map._mask(w)
+        return ok
+
     def close(self) -> None:
         for s in self.sats + ([self.map] if hasattr(self, "map") else []):
             s.close()
+
+
+def _state(tile_state: dict, t: Tile, split: dict, used: set) -> str:
+    key = (t.row, t.col)
+    if key in used:
+        return "used"
+    if tile_state.get(key, "used") != "used":
+        return tile_state[key]
+    return "no sample" if split[key] else "gap"
 
 
 def _link(src: str, dst: str) -> None:
@@ -455,34 +477,54 @@ def build(o: Options, progress=None) -> dict:
                          + " and no named place: is it an OpenStreetMap extract of the area?")
     cands = candidates(g, tiles, split, targets, o, res_m, counts)
     cands = resolve_leaks(cands, counts)
-    cands = balance(cands, o, counts)
+    imagery = Imagery(o, g, vmap)
+    try:
+        tile_state, cands = drop_nodata(imagery, cands, o.max_nodata, counts, progress)
+        cands = balance(cands, o, counts)
+        return _write(o, g, tiles, split, block, res_m, targets, geom_counts, imagery, cands, tile_state,
+                      counts, t0, progress)
+    finally:
+        imagery.close()
 
+
+def drop_nodata(imagery, cands: list[Candidate], max_nodata: float, counts: Counter, progress=None):
+    """(state of each tile, the candidates on tiles with enough data): before balancing, so that the
+    levels stay balanced among the samples that are written."""
+    state, keep = {}, []
+    keys = sorted({(c.tile.row, c.tile.col): c.tile for c in cands}.items())
+    for i, (key, t) in enumerate(keys):
+        missing = 1.0 - float(imagery.valid(t).mean())
+        state[key] = f"skipped: {missing:.1%} nodata" if missing > max_nodata else "used"
+        if progress:
+            progress(i + 1, 2 * len(keys))
+    for c in cands:
+        if state[(c.tile.row, c.tile.col)] == "used":
+            keep.append(c)
+        else:
+            counts["samples on tiles with nodata"] += 1
+    bad = sum(1 for v in state.values() if v != "used")
+    if bad:
+        counts["tiles with nodata"] = bad
+    return state, keep
+
+
+def _write(o, g, tiles, split, block, res_m, targets, geom_counts, imagery, cands, tile_state, counts, t0,
+           progress) -> dict:
     parent = os.path.dirname(os.path.abspath(o.out)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(o.out))}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    imagery = None
     try:
-        imagery = Imagery(o, g, vmap)
         by_tile = defaultdict(list)
         for c in cands:
             by_tile[(c.tile.row, c.tile.col)].append(c)
         written: list[Candidate] = []
         shown: list[tuple[Candidate, np.ndarray, np.ndarray]] = []
         to_show = preview_choice(cands, o.preview_per_level)
-        tile_state = {}
-        nodata_tiles = 0
         for i, (key, cs) in enumerate(sorted(by_tile.items())):
             t = cs[0].tile
-            sat, mp, valid = imagery.read(t)
-            missing = 1.0 - float(valid.mean())
-            if missing > o.max_nodata:
-                nodata_tiles += 1
-                counts["samples on tiles with nodata"] += len(cs)
-                tile_state[key] = f"skipped: {missing:.1%} nodata"
-                continue
-            tile_state[key] = "used"
+            sat, mp, _ = imagery.read(t)
             first = None
             for c in cs:
                 d = os.path.join(tmp, c.split, c.id)
@@ -501,9 +543,7 @@ def build(o: Options, progress=None) -> dict:
                 if id(c) in to_show:
                     shown.append((c, sat, mp))
             if progress:
-                progress(i + 1, len(by_tile))
-        if nodata_tiles:
-            counts["tiles with nodata"] = nodata_tiles
+                progress(len(by_tile) + i + 1, 2 * len(by_tile))
         per = {s: {lv: sum(1 for c in written if c.split == s and c.level == lv) for lv in o.levels}
                for s in splitting.SPLITS}
         empty = [s for s in splitting.SPLITS if not sum(per[s].values())]
@@ -520,6 +560,7 @@ def build(o: Options, progress=None) -> dict:
         used_classes = {c.problem for c in written if c.level == "class"}
         requested = o.classes or sorted({cl for p in targets.places for cl in p.classes})
         preview(shown, os.path.join(tmp, "preview.png"), o.preview_per_level)
+        used = {(c.tile.row, c.tile.col) for c in written}
         summary = {
             "format": FORMAT,
             "crs": g.crs.to_wkt(), "crs_name": g.crs.to_string(),
@@ -528,8 +569,7 @@ def build(o: Options, progress=None) -> dict:
             "tile_size": o.tile_size, "block_tiles": block, "split_ratios": list(o.ratios),
             "tiles": {tile_name(t): {"row": t.row, "col": t.col, "x0": t.x0, "y0": t.y0,
                                      "bounds": list(tile_bounds(g, t)), "split": split[(t.row, t.col)],
-                                     "state": tile_state.get((t.row, t.col), "no sample" if split[(t.row, t.col)]
-                                                             else "gap")}
+                                     "state": _state(tile_state, t, split, used)}
                       for t in tiles},
             "sources": [{"role": role, "path": os.path.abspath(p), "bytes": os.path.getsize(p), "sha256": sha256(p)}
                         for role, p in [("satellite", p) for p in o.satellite] + [("osm", o.osm)]
@@ -551,9 +591,6 @@ def build(o: Options, progress=None) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if imagery is not None:
-            imagery.close()
     if os.path.exists(o.out):
         old = f"{tmp}.old"
         os.rename(o.out, old)
