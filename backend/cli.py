@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--query", required=True, help="what to find: a class (schools), a function "
                                                   "(educational) or a name (Jinan Zoo)")
     d.add_argument("--task", choices=TASK_LEVELS, help="task level of the query")
-    d.add_argument("--out", required=True, help="output file: .gpkg (default format), .shp or .geojson")
+    d.add_argument("--out", required=True, help="output file: .gpkg (default format), .shp, .geojson or .parquet (GeoParquet)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     d.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"),
                    help="area to process (default: where both inputs overlap)")
@@ -137,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "scripts; memory does not grow with the area")
     d.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: tiles finished in OUT.tiles/ are not computed again")
+    x = d.add_argument_group("scale (many workers, many machines)")
+    x.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: tiles in this process (default); ray: tiles as tasks of a Ray cluster, the engines "
+                        "loaded once per worker (the inputs and OUT's folder must be readable and writable on "
+                        "every node: a shared folder)")
+    x.add_argument("--ray-address", default=None,
+                   help="the Ray cluster: auto (the one this machine has joined), HOST:PORT or ray://HOST:PORT "
+                        "(default: a Ray started on this machine for the run)")
+    x.add_argument("--workers", type=_positive_int, default=None,
+                   help="Ray workers (default: one per GPU where the engines use one, else one per CPU)")
     d.add_argument("--preview", help="write a PNG: satellite and map side by side with the outlines")
     d.add_argument("--dump", help="folder for every tile's model inputs, prompts, answers and masks")
     d.add_argument("--truth", help="ground-truth vector file (fields name/class); prints the IoU")
@@ -207,6 +217,36 @@ def _features_in(scene) -> int:
     return len(scene.map_features.tree.query(shapely.box(*scene.grid.bounds)))
 
 
+def _check_executor(args) -> None:
+    from .errors import InputError
+
+    urls = args.reasoner.partition(":")[2].split(",") if args.reasoner.startswith("openai:") else []
+    if args.executor == "local":
+        if args.ray_address or args.workers:
+            raise InputError(f"{'--ray-address' if args.ray_address else '--workers'} is for a Ray run: add --executor ray")
+        if len(urls) > 1:
+            raise InputError("a pool of model servers (openai:URL1,URL2,...) is shared out by --executor ray: add "
+                             "it, or give one URL")
+        return
+    import importlib.util
+    if importlib.util.find_spec("ray") is None:
+        raise InputError("--executor ray needs Ray: pip install 'ray[default]' (or leave --executor out)")
+    if args.ray_address and not re.fullmatch(r"auto|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", args.ray_address):
+        raise InputError(f"--ray-address {args.ray_address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    if any(not u.strip() for u in urls):
+        raise InputError(f"--reasoner {args.reasoner}: an empty URL in the list of model servers")
+
+
+def _executor(args, reasoner, segmenter):
+    """The local executor, or a Ray one that builds the engines on its workers from the options."""
+    if args.executor == "ray":
+        from .executors.ray import EngineSpecs, RayExecutor
+        return RayExecutor(EngineSpecs(args.reasoner, args.segmenter, args.device, _generation(args), _server(args)),
+                           address=args.ray_address, workers=args.workers)
+    from .executors.local import LocalExecutor
+    return LocalExecutor(reasoner, segmenter)
+
+
 def cmd_detect(args) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -217,11 +257,12 @@ def cmd_detect(args) -> int:
     from .output.vectors import write_detection
     from .contract import Throughput, format_duration
     from .geo.tiles import estimate_seconds
-    from .pipeline.detect import detect, load_scene
+    from .pipeline.detect import RunSettings, load_scene
     from .pipeline.resume import remove_tiles, tiles_dir_for
     from .pipeline.stages import answered_summary, no_answers_message
 
     _preflight(args)
+    _check_executor(args)
     crs = parse_crs(args.crs) if args.crs else None
     bbox_crs = parse_crs(args.bbox_crs) if args.bbox_crs else None
     t0 = time.perf_counter()
@@ -233,12 +274,17 @@ def cmd_detect(args) -> int:
     scene = load_scene(args.satellite, args.map, crs=crs, resolution=args.resolution, bbox=args.bbox,
                        bbox_crs=bbox_crs, tile_size=args.tile_size, overlap=args.overlap,
                        max_tiles=args.max_tiles)
-    reasoner = reasoner or build_reasoner(args.reasoner, args.device, _generation(args), _server(args))
-    segmenter = build_segmenter(args.segmenter, args.device)
+    if args.executor == "ray":         # the engines are loaded on the workers, not here
+        segmenter = None
+        names = (reasoner.name if reasoner else args.reasoner, args.segmenter)
+    else:
+        reasoner = reasoner or build_reasoner(args.reasoner, args.device, _generation(args), _server(args))
+        segmenter = build_segmenter(args.segmenter, args.device)
+        names = (reasoner.name, segmenter.name)
     g = scene.grid
     print(f"grid: {g.width} x {g.height} px at {g.resolution:.6g} {_units(g.crs)}/px in "
-          f"{g.crs.to_string()}, {len(scene.tiles)} tile(s); reasoner {reasoner.name}, segmenter "
-          f"{segmenter.name}", file=sys.stderr)
+          f"{g.crs.to_string()}, {len(scene.tiles)} tile(s); reasoner {names[0]}, segmenter "
+          f"{names[1]}", file=sys.stderr)
     total = len(scene.tiles)
     features = _features_in(scene)
     estimate = estimate_seconds(total, parse_reasoner(args.reasoner).kind, features)
@@ -262,10 +308,10 @@ def cmd_detect(args) -> int:
     logging.captureWarnings(True)
     try:
         with logging_redirect_tqdm():
-            result = detect(scene, args.query, reasoner, segmenter, task=args.task, progress=progress,
-                            dump_dir=args.dump, keep_mask=bool(args.truth or args.preview),
-                            options=_options(args), batch_size=args.batch_size,
-                            tiles_dir=tiles_dir_for(args.out), resume=args.resume)
+            settings = RunSettings(args.query, args.task, _options(args), batch_size=args.batch_size,
+                                   keep_mask=bool(args.truth or args.preview), dump_dir=args.dump,
+                                   tiles_dir=tiles_dir_for(args.out), resume=args.resume)
+            result = _executor(args, reasoner, segmenter).run(scene, settings, progress)
     except OSError as exc:   # a full or read-only disk under the dump or the tile folder beside --out
         if exc.errno not in _WRITE_ERRNOS:
             raise

@@ -1,0 +1,143 @@
+"""--executor ray on a real local Ray cluster (started here on 127.0.0.1 with 2 CPUs, stopped at the end):
+the default engine on the real Porto scene and the tiny VLM + SAM 2 give the local executor's places; a
+worker killed mid-run is retried; a run stopped and resumed gives the same output; the CLI connects to
+the cluster by address."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from backend.errors import Cancelled
+from backend.pipeline.detect import RunSettings, detect, load_scene
+from helpers import ROOT
+
+ray = pytest.importorskip("ray")
+from backend.executors.ray import EngineSpecs, RayExecutor  # noqa: E402
+
+PORTO = os.path.join(ROOT, "..", "shared", "realdata", "porto")
+needs_porto = pytest.mark.skipif(not os.path.isdir(PORTO), reason=f"no real scene at {PORTO}")
+# About 380 x 380 m of central Porto (Cordoaria, Clérigos) at 1 m: 9 tiles of 160 px.
+PORTO_BBOX = (-8.6165, 41.1445, -8.6120, 41.1480)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A Ray cluster of this machine only: loopback, 2 worker CPUs, a small object store."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ctx = ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
+                   object_store_memory=80 * 2 ** 20, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+                   runtime_env={"env_vars": {"PYTHONPATH": ROOT}}, logging_level="WARNING")
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()
+
+
+def _porto():
+    return load_scene(os.path.join(PORTO, "satellite.tif"), os.path.join(PORTO, "map_carto.tif"),
+                      bbox=PORTO_BBOX, bbox_crs="EPSG:4326", tile_size=160, overlap=24)
+
+
+def _same(a, b):
+    assert len(a.entities) == len(b.entities) > 0
+    for x, y in zip(a.entities, b.entities):
+        assert x.geometry.equals_exact(y.geometry, 0)
+        assert {k: v for k, v in x.attrs.items() if k != "created"} == \
+               {k: v for k, v in y.attrs.items() if k != "created"}
+
+
+@pytest.fixture(scope="module")
+def porto_local():
+    from backend.engines import build_reasoner, build_segmenter
+
+    scene = _porto()
+    assert len(scene.tiles) >= 6
+    return detect(scene, "parks", build_reasoner("mapreader"), build_segmenter("grabcut"))
+
+
+@needs_porto
+def test_default_engine_on_porto_equals_the_local_run(cluster, porto_local, tmp_path):
+    scene = _porto()
+    seen = []
+    ex = RayExecutor(EngineSpecs("mapreader", "grabcut"), workers=2)
+    out = ex.run(scene, RunSettings("parks", tiles_dir=str(tmp_path / "t")), progress=lambda f, m: seen.append((f, m)))
+    _same(out, porto_local)
+    assert seen[-1] == (1.0, "merging tiles") and any("on 2 Ray workers" in m for _, m in seen)
+
+
+@needs_porto
+def test_a_worker_killed_mid_run_is_retried(cluster, porto_local, tmp_path):
+    ex = RayExecutor(EngineSpecs("mapreader", "grabcut"), workers=2)
+    killed = []
+
+    def kill_one(frac, msg):
+        if not killed and "done" in msg:     # one tile back: the other worker has batches queued
+            pid = ray.get(ex.actors[1].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    out = ex.run(_porto(), RunSettings("parks", tiles_dir=str(tmp_path / "t")), progress=kill_one)
+    assert killed
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)
+    _same(out, porto_local)
+
+
+@needs_porto
+def test_a_stopped_run_resumes_to_the_same_output(cluster, porto_local, tmp_path):
+    tiles = str(tmp_path / "t")
+
+    def finished():
+        return len([f for f in os.listdir(tiles) if f.endswith(".npz")]) if os.path.isdir(tiles) else 0
+
+    with pytest.raises(Cancelled):
+        RayExecutor(EngineSpecs("mapreader", "grabcut"), workers=2).run(
+            _porto(), RunSettings("parks", tiles_dir=tiles), cancel=lambda: finished() >= 3)
+    kept = finished()
+    assert 3 <= kept < len(_porto().tiles)
+    out = RayExecutor(EngineSpecs("mapreader", "grabcut"), workers=2).run(
+        _porto(), RunSettings("parks", tiles_dir=tiles, resume=True))
+    assert out.resumed >= 3
+    _same(out, porto_local)
+
+
+def test_the_tiny_vlm_and_sam2_on_ray_equal_the_local_run(cluster, tiny_models, tmp_path):
+    from backend.engines import build_reasoner, build_segmenter
+    from backend.reasoners.qwen import GenerationSettings
+    from backend.resources import SAMPLE_DIR
+
+    g = GenerationSettings(do_sample=False, max_new_tokens=96)
+    bounds = tiny_models["scene"].grid.bounds
+
+    def scene():
+        return load_scene(os.path.join(SAMPLE_DIR, "satellite.tif"), os.path.join(SAMPLE_DIR, "map.gpkg"),
+                          bbox=bounds, crs=tiny_models["scene"].grid.crs, tile_size=448, overlap=128)
+
+    assert len(scene().tiles) >= 4
+    local = detect(scene(), "school", build_reasoner(tiny_models["reasoner"], "cpu", g),
+                   build_segmenter(tiny_models["sam2"], "cpu"))
+    out = RayExecutor(EngineSpecs(tiny_models["reasoner"], tiny_models["sam2"], "cpu", g), workers=2).run(
+        scene(), RunSettings("school", tiles_dir=str(tmp_path / "t")))
+    assert [e.attrs["reasoner"] for e in out.entities] == [e.attrs["reasoner"] for e in local.entities]
+    _same(out, local)
+
+
+@needs_porto
+def test_the_cli_runs_on_the_cluster_by_address(cluster, porto_local, tmp_path):
+    """A second driver process joins the running cluster (--ray-address) and writes GeoParquet."""
+    from backend.output.geoparquet import read_geoparquet
+
+    out = tmp_path / "parks.parquet"
+    cmd = [sys.executable, "-m", "backend", "detect", "--satellite", os.path.join(PORTO, "satellite.tif"),
+           "--map", os.path.join(PORTO, "map_carto.tif"), "--query", "parks", "--out", str(out),
+           "--bbox", *map(str, PORTO_BBOX), "--bbox-crs", "EPSG:4326", "--tile-size", "160", "--overlap", "24",
+           "--executor", "ray", "--ray-address", cluster]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    geoms, attrs, _ = read_geoparquet(str(out))
+    assert len(geoms) == len(porto_local.entities)
+    for g, e in zip(geoms, porto_local.entities):
+        assert g.equals_exact(e.geometry, 1e-6)
+    assert attrs["name"] == [e.attrs["name"] for e in porto_local.entities]
+    assert not os.path.exists(str(out) + ".tiles")
