@@ -129,7 +129,7 @@ class MapReader(SmartResize):
         self.min_area_m2 = float(min_area_m2)   # detect() drops merged regions under this too
         self._spec_cache: dict[tuple[str, str | None], QuerySpec] = {}
         self._vector_cache: dict[int, list] = {}
-        self._blocks: OrderedDict = OrderedDict()     # blocks of a raster map's lattice, read (see _block)
+        self._read_blocks: OrderedDict = OrderedDict()     # blocks of a raster map's lattice, read (see _block)
 
     # --- checks before any tile runs ------------------------------------------------------------
     def spec(self, query: str, task: str | None) -> QuerySpec:
@@ -400,9 +400,9 @@ class MapReader(SmartResize):
         except OSError:
             ident = (src.name, id(native.raster))
         key = (ident, native.step, spec.text, spec.kind, bpx, bi, bj)
-        if key in self._blocks:
-            self._blocks.move_to_end(key)
-            return self._blocks[key]
+        if key in self._read_blocks:
+            self._read_blocks.move_to_end(key)
+            return self._read_blocks[key]
         from ..geo.native import ground_pixel_m
 
         px = ground_pixel_m(native.transform, native.crs, (bi + 0.5) * bpx, (bj + 0.5) * bpx)
@@ -421,9 +421,9 @@ class MapReader(SmartResize):
                 found.append(judge.judge(m))
                 core[part] = len(found)
         out = (core, transform * Affine.translation(ox, oy), found)
-        self._blocks[key] = out
-        while len(self._blocks) > MAX_BLOCKS:
-            self._blocks.popitem(last=False)
+        self._read_blocks[key] = out
+        while len(self._read_blocks) > MAX_BLOCKS:
+            self._read_blocks.popitem(last=False)
         return out
 
     # --- the two stages -------------------------------------------------------------------------
