@@ -187,6 +187,9 @@ class GRPOOptions(CommonOptions):
     """`python -m training.grpo`. Defaults: one GPU, LoRA, the released sampling and loss settings."""
     val_split: Optional[str] = opt("val", "Held-out split for validation gIoU / cIoU (unset: none).")
     max_steps: int = opt(250, "Optimiser steps (>= 1).")
+    lr_decay_steps: Optional[int] = opt(None, "Optimiser steps over which the learning rate falls linearly to 0, "
+                                              "after which it stays 0; unset: --max-steps (trl's linear "
+                                              "schedule). released.yaml sets the released schedule's length.")
     num_generations: int = opt(8, "GRPO group size G: stage-1 rollouts per prompt (>= 2), each followed by "
                                   "one stage-2 rollout.")
     rollout_prompts: int = opt(1, "Prompts per rollout batch, over all processes (released: 128).")
@@ -219,7 +222,7 @@ class GRPOOptions(CommonOptions):
     def check(self) -> None:
         super().check()
         positive(self, "rollout_prompts", "micro_batch_size", "mini_batch_size", "generation_batch",
-                 "eval_samples", "max_completion_length")
+                 "eval_samples", "max_completion_length", "lr_decay_steps")
         if self.num_generations < 2:
             raise ConfigError(f"--num-generations must be at least 2, not {self.num_generations}: GRPO "
                               "compares the rollouts of one prompt with each other")
@@ -231,6 +234,16 @@ class GRPOOptions(CommonOptions):
             raise ConfigError("--stage-passes needs --mini-batch-size (sequences per optimiser update)")
         if self.use_vllm:
             check_vllm()
+
+    def lr_schedule(self) -> dict:
+        """trl's (transformers') scheduler settings: linear decay to 0 over --max-steps, or over
+        --lr-decay-steps and then 0 (the warmup-stable-decay schedule with no warmup and no stable part,
+        the shape of the released Megatron linear schedule: lr x (1 - step / length), 0 past it)."""
+        if self.lr_decay_steps is None:
+            return {"lr_scheduler_type": "linear"}
+        return {"lr_scheduler_type": "warmup_stable_decay",
+                "lr_scheduler_kwargs": {"num_stable_steps": 0, "num_decay_steps": self.lr_decay_steps,
+                                        "decay_type": "linear", "min_lr_ratio": 0.0}}
 
     def plan(self, processes: int) -> dict:
         """trl's batch settings for this many processes. A rollout row (one prompt sample) yields two
