@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from dataclasses import dataclass
 
 import numpy as np
 import rasterio
