@@ -161,6 +161,8 @@ def write_layer(layer: QgsVectorLayer, path: str, driver: str, layer_name: str |
         opts.layerName = layer_name
     if driver == "GPKG" and os.path.exists(path):
         opts.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+    if driver != "GPKG":         # a GeoPackage's feature id is no attribute of the places
+        opts.attributes = [i for i, f in enumerate(layer.fields()) if f.name() != "fid"]
     if driver == "GeoJSON":      # RFC 7946: WGS 84 longitude/latitude, what web maps and other tools expect
         opts.layerOptions = ["RFC7946=YES"]
     project = QgsProject.instance()

@@ -480,7 +480,10 @@ class FindPanel(QDockWidget):
                 return f"{exc}."
         return None
 
-    def run_or_cancel(self) -> None:
+    def run_or_cancel(self, offer: bool = True) -> None:
+        """Run (or Cancel while running). `offer`: offer the set-up when the backend's Python lacks
+        packages; after a set-up the run is pressed again without it, so a set-up that did not help says
+        so instead of asking again."""
         if self.task is not None:
             self.task.cancel()
             self.status.setText("Cancelling…")
@@ -492,10 +495,17 @@ class FindPanel(QDockWidget):
             self.status.setText(problem)
             return
         problem = self.worker_problem()
-        if problem:
+        if problem and offer:
             from .setup_dialog import offer_setup   # set the environment up now, then run
 
-            offer_setup(self, problem, on_ready=self.run_or_cancel)
+            def after_setup():
+                self._checked.clear()
+                self.run_or_cancel(offer=False)
+
+            offer_setup(self, problem, on_ready=after_setup)
+            return
+        if problem:
+            self.status.setText(problem)
             return
         if not self.confirmed(p):
             return

@@ -144,9 +144,9 @@ class ServerBox(QGroupBox):
             QApplication.restoreOverrideCursor()
         self.result.setText(("✔ " if ok else "✘ ") + text)
         self.result.setToolTip(text)
-        window = self.window()
-        if window is not None:      # grow the dialog to show the whole answer
-            window.adjustSize()
+        # a wrapped label in a form gets one line's height unless told: reserve what the text needs at the
+        # width it has (the dialog grows to fit)
+        self.result.setMinimumHeight(self.result.heightForWidth(max(self.result.width(), 200)))
         return ok
 
     def store(self, s: PluginSettings) -> None:

@@ -88,6 +88,9 @@ class CommandsTask(QgsTask):
         return True
 
     def finished(self, ok: bool) -> None:
+        if not ok and self.error is None:
+            # cancelled while still queued: run() never ran, so nothing else says how it ended
+            self.cancelled = True
         if self.error:
             QgsMessageLog.logMessage(f"{self.title}: {self.error}", TAG, Qgis.Warning)
         if self.on_done is not None:

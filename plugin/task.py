@@ -188,6 +188,9 @@ class DetectTask(QgsTask):
         return False
 
     def finished(self, ok: bool) -> None:
+        if not ok and self.result is None and self.error is None:
+            # cancelled while still queued: run() never ran, so nothing else says how it ended
+            self.cancelled = True
         if self.error:
             log(self.error, Qgis.Warning)
         if self.on_finished:
