@@ -271,6 +271,9 @@ def test_answers_are_cut_to_max_objects_with_a_warning():
     t = parse_answer("<answer>[" + ", ".join("{'bbox_2d': [1, 2, 30, 40]}" for _ in range(5000)) + "]</answer>",
                      756, 756)
     assert len(t.items) == MAX_OBJECTS and not t.released      # the tolerant net too
+    assert len(parse_answer("<answer>" + json.dumps(many) + "</answer>", 756, 756, max_objects=None).items) == 5000
+    from backend.reasoners.mapreader import MapReader
+    assert MapReader.max_objects is None        # the map reader lists every place its map shows
     small = [{"bbox_2d": [1, 2, 30, 40]}] * MAX_OBJECTS
     assert parse_answer("<answer>" + json.dumps(small) + "</answer>", 756, 756).stage2_boxes_text == json.dumps(small)
 

@@ -266,7 +266,7 @@ def _loads(raw: str | None):
 
 
 def parse_answer(text: str, width: float, height: float, tolerant: bool = True, shown: str | None = None,
-                 max_objects: int = MAX_OBJECTS) -> ParsedAnswer:
+                 max_objects: int | None = MAX_OBJECTS) -> ParsedAnswer:
     """Boxes and points of an answer; never raises.
 
     `text` is the answer decoded without special tokens (what the released code segments), `shown`
@@ -277,9 +277,10 @@ def parse_answer(text: str, width: float, height: float, tolerant: bool = True, 
     (the product's safety net), Python-style literals and JSON-like text are salvaged, boxes sorted
     and clamped to the `width` x `height` image and stray points dropped, each change described in
     `warnings`; without it the answer gives nothing, as released. At most `max_objects` objects go
-    to the segmenter and the render (the release has no cap; see MAX_OBJECTS).
+    to the segmenter and the render (the release has no cap; see MAX_OBJECTS; None: no cap).
     """
     warnings: list[str] = []
+    max_objects = max_objects if max_objects is not None else math.inf
     raw = extract_answer(text) if isinstance(text, str) else None
     shown_raw = raw if shown is None else (extract_answer(shown) if isinstance(shown, str) else None)
     shown_value, shown_json = (None, False) if shown_raw is None else _loads(shown_raw)

@@ -25,7 +25,7 @@ from ..contract import OUTLINES
 from ..errors import Cancelled
 from ..reasoners.base import Reasoner, Reply, TileView
 from ..segmenters.base import Prompt, Segmentation, Segmenter, union
-from .prompts import ParsedAnswer, parse_answer, render_boxes, stage1_prompt, stage2_prompt
+from .prompts import MAX_OBJECTS, ParsedAnswer, parse_answer, render_boxes, stage1_prompt, stage2_prompt
 from .render import render_overlay, resize_nearest
 
 log = logging.getLogger(__name__)
@@ -241,8 +241,11 @@ def run_batch(views: list[TileView], reasoner: Reasoner, segmenter: Segmenter | 
     p1 = [stage1_prompt(v.query) for v in views]
     r1 = _ask(reasoner, 1, views, p1)
     timed("stage1_reasoner", t)
-    a1 = [parse_answer(r.text, v.model_size[1], v.model_size[0], options.tolerant_parsing, shown=r.shown_text)
-          for r, v in zip(r1, views)]
+    # at most MAX_OBJECTS objects per model answer; a reasoner may lift the cap (the map reader lists
+    # every place its map shows)
+    cap = getattr(reasoner, "max_objects", MAX_OBJECTS)
+    a1 = [parse_answer(r.text, v.model_size[1], v.model_size[0], options.tolerant_parsing, shown=r.shown_text,
+                       max_objects=cap) for r, v in zip(r1, views)]
     for v, a in zip(views, a1):
         for w in a.warnings:
             log.warning("%s stage 1: %s", v.tile_id, w)
@@ -272,7 +275,7 @@ def run_batch(views: list[TileView], reasoner: Reasoner, segmenter: Segmenter | 
     results = []
     for i, v in enumerate(views):
         mh, mw = v.model_size
-        a2 = parse_answer(r2[i].text, mw, mh, options.tolerant_parsing)
+        a2 = parse_answer(r2[i].text, mw, mh, options.tolerant_parsing, max_objects=cap)
         for w in a2.warnings:
             log.warning("%s stage 2: %s", v.tile_id, w)
         notes = list(r1[i].notes) + list(r2[i].notes)

@@ -115,6 +115,7 @@ class MapReader(SmartResize):
     name = "mapreader"
     reads_outlines = True   # its replies carry each object's outline (see PipelineOptions.outline)
     max_points = 64   # stage-2 points per box beyond the two deepest ones (see spread_points)
+    max_objects = None  # it lists every place the map shows; prompts.MAX_OBJECTS guards model answers
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         # The map is read at the tile's own pixels: a resize to the model's pixel budget would blend
