@@ -116,3 +116,27 @@ def test_run_settings_are_one_typed_object(sample_dir):
     assert (by_kwargs.mask == by_settings.mask).all() and by_settings.mask.any()
     with pytest.raises(Exception):
         RunSettings("schools").query = "parks"        # frozen: a run's settings do not change under it
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--workers", "2"], "--workers is for a Ray run: add --executor ray"),
+    (["--ray-address", "auto"], "--ray-address is for a Ray run: add --executor ray"),
+    (["--reasoner", "openai:http://127.0.0.1:9/v1,http://127.0.0.1:10/v1"], "shared out by --executor ray"),
+    (["--executor", "ray", "--ray-address", "head node"], "is not auto, HOST:PORT or ray://HOST:PORT"),
+    (["--executor", "ray", "--reasoner", "openai:http://127.0.0.1:9/v1,"], "an empty URL in the list"),
+    (["--executor", "ray", "--workers", "0"], None),
+])
+def test_executor_options_are_checked_before_the_work(sample_dir, tmp_path, capsys, extra, message):
+    from backend.cli import main
+
+    args = ["detect", "--satellite", os.path.join(sample_dir, "satellite.tif"), "--map",
+            os.path.join(sample_dir, "map.gpkg"), "--query", "schools", "--out", str(tmp_path / "o.gpkg")]
+    try:
+        rc = main(args + extra)
+    except SystemExit as exc:        # argparse: --workers 0
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "grid:" not in err, err
+    if message:
+        assert message in err, err
+    assert not os.path.exists(tmp_path / "o.gpkg")
