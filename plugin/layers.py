@@ -184,7 +184,23 @@ def style_layer(layer: QgsVectorLayer, colour: str) -> None:
         fill.setAlpha(70)
         sl.setFillColor(fill)
         sl.setStrokeColor(QColor(colour))
+        # A place the map cannot tell apart from other classes (certain = 0) is drawn dashed and
+        # lighter, so it does not read as one the map names (backend/output/evidence.py).
+        from qgis.core import QgsProperty, QgsSymbolLayer
+
+        c = QColor(colour)
+        sl.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeStyle, QgsProperty.fromExpression(
+            "CASE WHEN \"certain\" = 0 THEN 'dash' ELSE 'solid' END"))
+        sl.setDataDefinedProperty(QgsSymbolLayer.PropertyFillColor, QgsProperty.fromExpression(
+            f"CASE WHEN \"certain\" = 0 THEN '{c.red()},{c.green()},{c.blue()},25' "
+            f"ELSE '{c.red()},{c.green()},{c.blue()},70' END"))
     layer.triggerRepaint()
+
+
+def all_uncertain(entities) -> bool:
+    """Whether every place of a result is one the map cannot tell apart (its layer name says so)."""
+    return bool(entities) and not any(int((e.attrs if hasattr(e, "attrs") else e).get("certain") or 0)
+                                      for e in entities)
 
 
 def next_colour(project: QgsProject | None = None) -> str:
@@ -219,7 +235,10 @@ def result_layer(result, query: str, reasoner_spec: str, crs, store: str, from_t
     style_layer(styled, colour)
     styled.saveStyleToDatabase(table[:30], "SocioSeg result style", True, "")   # GPKG: 30 characters
     del styled
-    layer = QgsVectorLayer(source, layer_name(query, reasoner_spec, from_text), "ogr")
+    name = layer_name(query, reasoner_spec, from_text)
+    if all_uncertain(result.entities):
+        name += " (all uncertain: the map does not tell the class apart)"
+    layer = QgsVectorLayer(source, name, "ogr")
     style_layer(layer, colour)
     layer.setCustomProperty(QUERY_PROPERTY, query.strip().lower())
     layer.setCustomProperty(READ_FROM_PROPERTY, f"{reasoner_spec}|{source_key or from_text}")
