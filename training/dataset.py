@@ -73,13 +73,15 @@ def options_from(args) -> Options:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     setup_logging(logging.INFO if args.verbose else logging.WARNING)
+    tty = sys.stderr.isatty()
     try:
         summary = build(options_from(args), progress=lambda k, n: print(
-            f"\rtiles {k}/{n}", end="", file=sys.stderr, flush=True))
+            f"\rtiles {k}/{n}", end="", file=sys.stderr, flush=True) if tty else None)
     except SocioSegError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        print(f"\nerror: {exc}" if tty else f"error: {exc}", file=sys.stderr)
         return 2
-    print(file=sys.stderr)
+    if tty:
+        print(file=sys.stderr)
     c = summary["counts"]
     for split, levels in c["samples"].items():
         print(f"{split:5s} " + "  ".join(f"{lv} {n}" for lv, n in levels.items()))

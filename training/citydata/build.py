@@ -474,13 +474,21 @@ def build(o: Options, progress=None) -> dict:
     if not targets.places:
         raise InputError(f"the OSM data {o.osm} has no place of the class table (resources/socio_classes.json)"
                          + (f" among --classes {', '.join(o.classes)}" if o.classes else "")
-                         + " and no named place: is it an OpenStreetMap extract of the area?")
+                         + ": is it an OpenStreetMap extract of the area?")
     cands = candidates(g, tiles, split, targets, o, res_m, counts)
     cands = resolve_leaks(cands, counts)
     imagery = Imagery(o, g, vmap)
     try:
         tile_state, cands = drop_nodata(imagery, cands, o.max_nodata, counts, progress)
         cands = balance(cands, o, counts)
+        empty = [s for s in splitting.SPLITS if not any(c.split == s for c in cands)]
+        if empty:       # said before anything is written
+            n = {s: sum(1 for c in cands if c.split == s) for s in splitting.SPLITS}
+            raise InputError(
+                f"no sample in the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} (samples per split: "
+                f"{n}): the area has too few mapped places with imagery for a spatial split; give a larger "
+                "area, a finer --resolution, a smaller --tile-size or --block-tiles, or allow nodata "
+                "(--max-nodata)")
         return _write(o, g, tiles, split, block, res_m, targets, geom_counts, imagery, cands, tile_state,
                       counts, t0, progress)
     finally:
@@ -546,13 +554,6 @@ def _write(o, g, tiles, split, block, res_m, targets, geom_counts, imagery, cand
                 progress(len(by_tile) + i + 1, 2 * len(by_tile))
         per = {s: {lv: sum(1 for c in written if c.split == s and c.level == lv) for lv in o.levels}
                for s in splitting.SPLITS}
-        empty = [s for s in splitting.SPLITS if not sum(per[s].values())]
-        if empty:
-            raise InputError(
-                f"no sample in the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} (samples per split: "
-                f"{ {s: sum(v.values()) for s, v in per.items()} }): the area has too few mapped places for a "
-                "spatial split; give a larger area, a finer --resolution, a smaller --tile-size or "
-                "--block-tiles, or allow nodata (--max-nodata)")
         for s in splitting.SPLITS:
             for lv in o.levels:
                 if not per[s][lv]:
