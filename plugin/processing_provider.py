@@ -91,6 +91,13 @@ class DetectEntitiesAlgorithm(QgsProcessingAlgorithm):
             if extent.isEmpty():
                 raise QgsProcessingException("the Satellite layer and the Map layers do not overlap: set an Area")
         settings = PluginSettings.load()
+        from .deps import explain_missing
+        from .worker_client import missing_in_worker, worker_python
+
+        python = worker_python(settings.python)     # before rendering: a Python without the packages says so now
+        missing = missing_in_worker(python)
+        if missing:
+            raise QgsProcessingException(explain_missing(missing, "SocioSeg", python))
         reasoner, segmenter = settings.engine_specs(engine)
         params = DetectParams(sat, maps, query, None if task == "auto" else task, extent, crs, res, reasoner,
                               segmenter, settings.device, settings.generation(), settings.tile_plan(),

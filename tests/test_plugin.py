@@ -457,6 +457,35 @@ def test_processing_algorithm_runs_with_and_without_extent(plugin_pkg, qgis_proc
         plugin.unload()
 
 
+def test_processing_without_the_environment_gives_the_set_up_advice_not_a_traceback(
+        plugin_pkg, qgis_processing, qgis_new_project, qgis_iface, sample_dir, tmp_path):
+    """qgis_process on a profile without the plugin's environment: QGIS's own Python has no rasterio."""
+    import processing
+    from qgis.core import QgsProcessingException
+    from socioseg.plugin.settings import PluginSettings
+    from socioseg.plugin.worker_client import missing_module
+    before = PluginSettings.load()
+    s = PluginSettings.load()
+    s.python = "/usr/bin/python3"
+    s.save()
+    plugin = plugin_pkg.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        with pytest.raises(QgsProcessingException) as err:
+            processing.run("socioseg:detect_entities", {
+                "SATELLITE": os.path.join(sample_dir, "satellite.tif"),
+                "MAP": os.path.join(sample_dir, "map.gpkg") + "|layername=areas", "QUERY": "schools",
+                "RESOLUTION": 2.0, "OUTPUT": str(tmp_path / "out.gpkg")})
+        text = str(err.value)
+        assert "Set up Python environment" in text and "rasterio" in text and "Traceback" not in text
+    finally:
+        plugin.unload()
+        before.save()
+    # the worker's own traceback (a Python that lost a package after the check) gives the same advice
+    tail = "Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'cv2'"
+    assert missing_module(tail) == "opencv-python-headless" and missing_module("ValueError: x") is None
+
+
 def test_missing_packages_in_the_backend_python_are_explained(plugin_pkg, qgis_iface, tmp_path):
     import venv
     from socioseg.plugin.panel import FindPanel
