@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=TIMEOUT)
     args = ap.parse_args(argv)
     try:
+        if not (math.isfinite(args.timeout) and args.timeout > 0):
+            raise InputError(f"--timeout must be a number of seconds above 0, not {args.timeout}")
         print(json.dumps(list_models(args.url, args.model, args.timeout)), flush=True)
     except InputError as exc:
         print(contract.error_line(str(exc)), flush=True)

@@ -875,3 +875,12 @@ def test_new_messages_name_the_plugin_controls_in_the_plugin(plugin_pkg):
     text = plugin_wording("the model server at http://x/v1 did not answer within 600 s (--request-timeout): it is "
                           "overloaded or stalled; raise --request-timeout or lower --concurrency")
     assert "Requests in flight" in text and "--" not in text, text
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_server_check_refuses_a_timeout_that_is_no_time(fake, capsys, value):
+    from backend.server_check import main as check
+
+    fake.models = "ok"
+    assert check([fake.url, "--timeout", value]) == 2
+    assert capsys.readouterr().out.startswith(f"ERROR --timeout must be a number of seconds above 0, not {value}")
