@@ -7,15 +7,22 @@ printing seconds per tile, generated tokens per second, peak memory and the rati
     .venv/bin/python benchmarks/vlm_throughput.py                 # CPU: the self-test's tiny Qwen2.5-VL
     .venv/bin/python benchmarks/vlm_throughput.py --size 3b --device cuda --tiles 32 --batch 16
 
-`--size 3b` builds a Qwen2.5-VL-3B-shaped model from its config with random weights (no download).
+`--size 3b` builds Qwen2.5-VL-3B-Instruct's published configuration with random weights (no download;
+the self-test's tokenizer stands in). `--smoke` runs the real shape anywhere (one tile, 4 tokens, a
+112 px image budget, SAM 2 hiera-large at real shape as the segmenter): on a CPU that is minutes.
+
+    .venv/bin/python benchmarks/vlm_throughput.py --size 3b --smoke --json out/vlm_3b_smoke.json
+
 Every answer is forced to exactly --tokens new tokens so that timings compare like with like; the
-answers themselves are meaningless. The segmenter is GrabCut (weights would not change the ratios).
+answers themselves are meaningless. The segmenter is GrabCut unless --segmenter says otherwise.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,25 +34,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def build_model(size: str, folder: str) -> str:
-    """Save a Qwen2.5-VL of the requested shape with the self-test's tokenizer; returns the folder."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def build_model(size: str, folder: str, dtype=None, layers: int | None = None, max_pixels: int | None = None) -> str:
+    """Save a Qwen2.5-VL of the requested shape (random weights, the self-test's tokenizer); returns
+    the folder. The 3B shape is Qwen2.5-VL-3B-Instruct's published configuration."""
+    from backend.selftest.real_shape import save_qwen
 
-    from backend.selftest.tiny import build_tiny_vlm
-
-    model, processor = build_tiny_vlm(0, [])
-    if size == "3b":
-        cfg = Qwen2_5_VLConfig.from_dict({**model.config.to_dict(), **{
-            "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
-            "num_key_value_heads": 2}})
-        cfg.text_config.update({"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-                                "num_attention_heads": 16, "num_key_value_heads": 2})
-        cfg.vision_config.update({"depth": 32, "hidden_size": 1280, "intermediate_size": 3420,
-                                  "num_heads": 16, "out_hidden_size": 2048})
-        model = Qwen2_5_VLForConditionalGeneration(cfg)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_qwen(folder, size, dtype=dtype, layers=layers, max_pixels=max_pixels)
 
 
 def views(n: int, reasoner):
@@ -79,13 +73,25 @@ def timed(label, fn, reasoner, n_tiles, device, pid=None):
             "peak_mb": peak_mb(device, pid)}
 
 
-def serve(folder: str, device: str):
+# `transformers serve` run by its own entry point, after the CPU bf16 helper when the weights are bf16
+SERVE = ("import sys; sys.path.insert(0, {root!r}); "
+         "from backend.selftest.real_shape import fp32_matmuls_on_cpu; fp32_matmuls_on_cpu(); "
+         "from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; sys.exit(main())")
+
+
+def serve(folder: str, device: str, upcast: bool = False, server: str = "transformers"):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    exe = os.path.join(os.path.dirname(sys.executable), "transformers")
-    proc = subprocess.Popen([exe, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", device],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    if server == "vllm":
+        cmd = [os.path.join(os.path.dirname(sys.executable), "vllm"), "serve", folder, *where,
+               "--max-model-len", "8192", "--limit-mm-per-prompt", '{"image": 2}']
+    else:
+        exe = [sys.executable, "-c", SERVE.format(root=ROOT)] if upcast else \
+            [os.path.join(os.path.dirname(sys.executable), "transformers")]
+        cmd = [*exe, "serve", folder, *where, "--device", device]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
@@ -96,7 +102,14 @@ def serve(folder: str, device: str):
     raise RuntimeError("transformers serve did not start")
 
 
-def main() -> int:
+SMOKE = {"tiles": 1, "batch": 1, "concurrency": 1, "tokens": 4, "max_pixels": 112 * 112}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "3b"], default="tiny")
     ap.add_argument("--device", default="cpu")
@@ -104,41 +117,92 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4, help="tiles per batched generate (b)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight (c)")
     ap.add_argument("--tokens", type=int, default=64, help="new tokens forced per answer")
+    ap.add_argument("--max-pixels", type=int, default=None, help="image budget per image (default: the "
+                    "released 768*768)")
+    ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                    help="weights; auto: bfloat16 on CUDA and for the 3B shape on CPU (float32 3B needs 15 GB)")
+    ap.add_argument("--layers", type=int, default=None, help="3B only: text layers (real widths); default all 36")
+    ap.add_argument("--segmenter", default="grabcut", help="segmenter spec, or 'sam2-large' / 'sam3-shape': "
+                    "SAM 2 hiera-large / SAM 3 tracker at real shape with random weights")
+    ap.add_argument("--smoke", action="store_true", help="real shape on any machine: one tile, 4 tokens, "
+                    "a 112 px image budget, one request in flight, SAM 2 large as segmenter")
     ap.add_argument("--skip-server", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--server", choices=["transformers", "vllm"], default="transformers",
+                    help="(c)'s model server: `transformers serve` or `vllm serve` (CUDA, pip install vllm)")
+    ap.add_argument("--json", help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+        if args.segmenter == "grabcut":
+            args.segmenter = "sam2-large"
 
     import torch
 
-    from backend.engines import build_reasoner
+    from backend.pipeline.prompts import MAX_PIXELS, MIN_PIXELS
+    from backend.reasoners.qwen import GenerationSettings
+
+    cuda = args.device.startswith("cuda")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype) or (
+        torch.bfloat16 if cuda or args.size == "3b" else torch.float32)
+    max_pixels = args.max_pixels or MAX_PIXELS
+    min_pixels = min(MIN_PIXELS, max_pixels)
+    gen = GenerationSettings(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
+    work = tempfile.mkdtemp(prefix="socioseg-bench-")
+    try:
+        return run(args, work, dtype, gen, min_pixels, max_pixels)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)     # a 3B model is 7.5 GB on disk
+
+
+def run(args, work, dtype, gen, min_pixels, max_pixels) -> int:
+    import torch
+
     from backend.pipeline.stages import run_batch, run_tile
     from backend.reasoners.openai_server import OpenAIReasoner, ServerSettings
-    from backend.reasoners.qwen import GenerationSettings
-    from backend.segmenters.grabcut import GrabCutSegmenter
+    from backend.reasoners.qwen import QwenReasoner
 
-    gen = GenerationSettings(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
-    folder = build_model(args.size, tempfile.mkdtemp(prefix="socioseg-bench-"))
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"CPU ({os.cpu_count()} cores)"
-    print(f"# VLM throughput: {args.size} Qwen2.5-VL (random weights), {args.tiles} tiles of 768 px, "
-          f"{args.tokens} tokens per answer, device {device_name}, torch {torch.__version__}")
-    local = build_reasoner(f"qwen:{folder}", args.device, gen)
+    from backend.selftest.real_shape import fp32_matmuls_on_cpu
+
+    cuda = args.device.startswith("cuda")
+    upcast = dtype == torch.bfloat16 and not cuda
+    if upcast:      # this CPU has no bf16 units: bf16 GEMMs would run ~9x slower than float32
+        fp32_matmuls_on_cpu()
+    t0 = time.perf_counter()
+    folder = build_model(args.size, os.path.join(work, "vlm"), dtype, args.layers, args.max_pixels)
+    build_s = time.perf_counter() - t0
+    segmenter = make_segmenter(args.segmenter, args.device, work)
+    device_name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
+    shape = args.size + (f" with {args.layers} of 36 text layers" if args.layers else "")
+    print(f"# VLM throughput: {shape} Qwen2.5-VL (random weights, {str(dtype).split('.')[-1]}), {args.tiles} "
+          f"tile(s), image budget {max_pixels} px, {args.tokens} tokens per answer, segmenter "
+          f"{segmenter.name}, device {device_name}, torch {torch.__version__}; model built and saved in "
+          f"{build_s:.0f} s", flush=True)
+    t0 = time.perf_counter()
+    local = QwenReasoner(folder, device=args.device, generation=gen, min_pixels=min_pixels,
+                         max_pixels=max_pixels, dtype=dtype)
+    load_s = time.perf_counter() - t0
     tiles = views(args.tiles, local)
-    rows = [timed("(a) per tile, sequential", lambda: [run_tile(v, local, GrabCutSegmenter()) for v in tiles],
+    rows = [timed("(a) per tile, sequential", lambda: [run_tile(v, local, segmenter) for v in tiles],
                   local, args.tiles, args.device)]
+    print(rows[-1], flush=True)
     rows.append(timed(f"(b) batched in process, batch {args.batch}",
-                      lambda: [run_batch(tiles[i:i + args.batch], local, GrabCutSegmenter())
+                      lambda: [run_batch(tiles[i:i + args.batch], local, segmenter)
                                for i in range(0, len(tiles), args.batch)], local, args.tiles, args.device))
+    print(rows[-1], flush=True)
     del local
     if not args.skip_server:
-        proc, url = serve(folder, args.device)
+        proc, url = serve(folder, args.device, upcast, args.server)
         try:
             remote = OpenAIReasoner(ServerSettings(url, concurrency=args.concurrency), gen)
-            rows.append(timed(f"(c) server, {args.concurrency} in flight",
-                              lambda: run_batch(tiles, remote, GrabCutSegmenter()), remote, args.tiles,
+            remote.min_pixels, remote.max_pixels = min_pixels, max_pixels
+            rows.append(timed(f"(c) {args.server} serve, {args.concurrency} in flight",
+                              lambda: run_batch(tiles, remote, segmenter), remote, args.tiles,
                               args.device, pid=proc.pid))
+            print(rows[-1], flush=True)
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
     base = rows[0]["s_per_tile"]
     print("| mode | s/tile | tokens generated | tokens/s | peak MB | speed-up vs (a) |")
     print("|---|---|---|---|---|---|")
@@ -146,7 +210,36 @@ def main() -> int:
         print(f"| {r['mode']} | {r['s_per_tile']:.3f} | {r['tokens']} | {r['tok_per_s']:.1f} | {r['peak_mb']:.0f} | "
               f"{base / r['s_per_tile']:.2f}x |")
     print("peak MB: this process for (a) and (b) (CUDA: max allocated), the server process for (c)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"size": args.size, "layers": args.layers or (36 if args.size == "3b" else None),
+                       "dtype": str(dtype).split(".")[-1], "device": device_name, "tiles": args.tiles,
+                       "tokens": args.tokens, "max_pixels": max_pixels, "segmenter": segmenter.name,
+                       "build_s": round(build_s, 1), "load_s": round(load_s, 1), "rows": rows,
+                       "peak_rss_mb": round(rss_mb())}, f, indent=1)
     return 0
+
+
+def make_segmenter(spec: str, device: str, work: str):
+    """A segmenter spec, or a real-shape SAM with random weights saved under `work`."""
+    from backend.engines import build_segmenter
+
+    if spec in ("sam2-large", "sam3-shape"):
+        import torch
+
+        from backend.selftest import real_shape
+
+        torch.manual_seed(0)
+        path = os.path.join(work, spec)
+        if spec == "sam2-large":
+            from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
+            Sam2Model(real_shape.sam2_large_config()).save_pretrained(path)
+            Sam2Processor(image_processor=Sam2ImageProcessor()).save_pretrained(path)
+            spec = f"sam2:{path}"
+        else:
+            real_shape.save_sam3(path)
+            spec = f"sam3:{path}"
+    return build_segmenter(spec, device)
 
 
 if __name__ == "__main__":

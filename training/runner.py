@@ -24,6 +24,11 @@ def load_policy(options):
     from backend.device import resolve_device
     from backend.hub import load_pretrained
 
+    from transformers import set_seed
+
+    # Seeded before anything random is drawn (LoRA's initial A matrices come next): every process of
+    # a multi-process run, and a rerun, starts from the same adapter.
+    set_seed(options.seed)
     device = resolve_device(options.device)
     use_bf16 = device.startswith("cuda") if options.bf16 == "auto" else options.bf16 == "true"
     hint = "--model /path/to/Qwen2.5-VL-3B-Instruct"

@@ -192,13 +192,19 @@ class _UpcastLinear:
             @staticmethod
             def forward(ctx, x, weight, bias):
                 ctx.save_for_backward(x, weight, bias)
-                out = torch.nn.functional.linear(x.float(), weight.float(),
-                                                 None if bias is None else bias.float())
+                with torch.autocast("cpu", enabled=False):     # bf16 autocast would undo the upcast
+                    out = torch.nn.functional.linear(x.float(), weight.float(),
+                                                     None if bias is None else bias.float())
                 return out.to(x.dtype)
 
             @staticmethod
             def backward(ctx, grad):
                 x, weight, bias = ctx.saved_tensors
+                return Fn._grads(ctx, x, weight, bias, grad)
+
+            @staticmethod
+            @torch.autocast("cpu", enabled=False)
+            def _grads(ctx, x, weight, bias, grad):
                 g = grad.float()
                 gx = gw = gb = None
                 if ctx.needs_input_grad[0]:

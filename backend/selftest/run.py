@@ -1,6 +1,6 @@
 """`python -m backend selftest`: the real model classes end to end on the sample, with no download.
 
-Tiny Qwen2.5-VL, SAM 2 and SAM models are built from configs, saved, loaded back through the loading
+Tiny Qwen2.5-VL, SAM 2, SAM 3 and SAM models are built from configs, saved, loaded back through the loading
 code users run, and driven through both stages on one tile of the bundled sample. The tiny VLM is
 first fitted on the map reader's answers for that tile so that it answers in the released format and
 stage 2 and both segmenter calls really run. Random-weight segmenters give meaningless masks: this
@@ -101,7 +101,7 @@ def run_selftest(models_dir: str | None = None, dump_dir: str | None = None, dev
         print(f"tiny models built, fitted and saved in {models_dir} ({time.perf_counter() - t0:.0f} s)")
         # Greedy: the tiny model was fitted to one answer; sampling would test luck, not the installation.
         reasoner = build_reasoner(specs["reasoner"], device, GenerationSettings(do_sample=False))
-        for seg_key in ("sam2", "sam"):
+        for seg_key in ("sam2", "sam3", "sam"):
             segmenter = build_segmenter(specs[seg_key], device)
             dump = os.path.join(dump_dir, seg_key) if dump_dir else None
             det = detect(scene, QUERY, reasoner, segmenter, dump_dir=dump, keep_tiles=True)
