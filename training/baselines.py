@@ -5,7 +5,8 @@
 
 Rows: the weight-free default (map reader + GrabCut, always), the released checkpoint (`--released`)
 and your fine-tuned models (`--trained`, repeatable), all on the same samples; cIoU / gIoU / F1 per
-query level (definitions: backend/evaluation/metrics.py). The dataset is one `python -m training.dataset`
+query level (backend/evaluation/metrics.py), and how many queries an engine refused (scored as empty
+masks: the map reader cannot read names off a raster map). The dataset is one `python -m training.dataset`
 wrote: its dataset.json gives each tile's place on the ground, so the map reader measures its minimum
 sizes in metres as at detection (a plain SocioSeg folder has no such file: pixels count as metres then).
 """
@@ -56,7 +57,9 @@ class Georef:
         return Affine(res, 0.0, minx, 0.0, -res, maxy)
 
 
-def predict(sample, reasoner, segmenter, transform: Affine, crs) -> tuple[np.ndarray, str]:
+def predict(sample, reasoner, segmenter, transform: Affine, crs) -> tuple[np.ndarray, str | None]:
+    """(mask, None), or (an empty mask, why) where the engine refuses the query (the map reader cannot
+    read names off a raster map, say)."""
     from backend.pipeline.stages import make_view, run_tile
 
     h, w = sample.sat_image.shape[:2]
@@ -68,34 +71,41 @@ def predict(sample, reasoner, segmenter, transform: Affine, crs) -> tuple[np.nda
         r = run_tile(view, reasoner, segmenter)
     except SocioSegError as exc:        # a query the engine cannot answer scores as an empty mask
         return np.zeros((h, w), bool), str(exc)
-    return r.mask_on_tile(), "; ".join(r.notes)
+    return r.mask_on_tile(), None
 
 
 def score(data: SocioSegData, georef: Georef, reasoner, segmenter, progress=None) -> dict:
     board = Scoreboard()
+    refused: dict[str, int] = {}
     for i in range(len(data)):
         s = data.get(i)
         if s is None:
             continue
         t = time.perf_counter()
-        pred, _ = predict(s, reasoner, segmenter, georef(s), georef.crs)
+        pred, why = predict(s, reasoner, segmenter, georef(s), georef.crs)
+        if why:
+            refused[s.level or "all"] = refused.get(s.level or "all", 0) + 1
         board.add(pred, s.mask, s.level, time.perf_counter() - t)
         if progress:
             progress()
     if board.all.summary()["samples"] == 0:
         raise SocioSegError(f"no readable sample in split {data.split!r} of {data.source!r}; check --dataset "
                             "and --split")
-    return board.summary()
+    out = board.summary()
+    for level, n in refused.items():     # scored as empty masks, and said
+        out.setdefault(level, {})["refused"] = n
+    out["all"]["refused"] = sum(refused.values())
+    return out
 
 
 def table(rows: dict[str, dict]) -> str:
     levels = [lv for lv in ("name", "class", "function", "all") if any(lv in m for m in rows.values())]
-    head = "| model | " + " | ".join(f"{lv} cIoU / gIoU / F1" for lv in levels) + " | samples |"
-    lines = [head, "|" + "---|" * (len(levels) + 2)]
+    head = "| model | " + " | ".join(f"{lv} cIoU / gIoU / F1" for lv in levels) + " | samples | refused |"
+    lines = [head, "|" + "---|" * (len(levels) + 3)]
     for name, m in rows.items():
         cells = [" / ".join(f"{100 * m[lv][k]:.1f}" for k in ("cIoU", "gIoU", "F1")) if lv in m else "-"
                  for lv in levels]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['all']['samples']} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['all']['samples']} | {m['all']['refused']} |")
     return "\n".join(lines)
 
 
