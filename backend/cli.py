@@ -337,7 +337,8 @@ def cmd_detect(args) -> int:
     for e in result.entities:
         a = e.attrs
         label = a["name"] or "(unnamed)"
-        print(f"  - {label}: {a['area_m2']:.0f} m2" + (f"  [{a['note']}]" if a["note"] else ""))
+        sure = "" if a.get("certain", 1) else "  (uncertain: the map does not tell the class apart here)"
+        print(f"  - {label}: {a['area_m2']:.0f} m2{sure}" + (f"  [{a['note']}]" if a["note"] else ""))
     if args.truth:
         from .evaluation.metrics import mask_iou
         from .evaluation.truth import truth_mask_for
