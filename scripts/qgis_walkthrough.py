@@ -3,6 +3,8 @@
 Installs the plugin ZIP the way "Install from ZIP" does (pyplugin_installer), loads the sample (satellite
 plus the three layers of map.gpkg), opens the panel, presses Run with no environment prepared, answers
 Yes to the set-up offer, waits for the environment task, and the detection it then starts by itself;
+then exports the schools through the panel's Export… button as a Shapefile (the save dialog answered
+the way a user does: the format chosen, OUT/export/schools.shp typed, Return) and reads the file back;
 takes screenshots of each step and writes summary.json. Paths come from the environment:
 SOCIOSEG_ZIP, SOCIOSEG_SAMPLE, SOCIOSEG_OUT.
 """
@@ -14,7 +16,9 @@ import traceback
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtGui import QGuiApplication
-from qgis.PyQt.QtWidgets import QApplication, QMessageBox
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtTest import QTest
+from qgis.PyQt.QtWidgets import QApplication, QFileDialog, QLineEdit, QMessageBox
 from qgis.utils import iface, plugins
 
 ZIP, SAMPLE, OUT = os.environ["SOCIOSEG_ZIP"], os.environ["SOCIOSEG_SAMPLE"], os.environ["SOCIOSEG_OUT"]
@@ -39,13 +43,21 @@ def finish(ok):
     summary["ok"] = ok
     with open(os.path.join(OUT, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
-    QTimer.singleShot(500, lambda: QgsApplication.exit(0 if ok else 1))
+    # Quit as Project > Exit QGIS does: the project is closed while QGIS's windows still exist, then the
+    # application ends. QgsApplication.exit() alone skipped the closing, and QGIS 3.22 then crashed in
+    # its own destructor (signal 11: ~QgsProject -> layer tree -> QgisApp::setMapStyleDockLayer on a
+    # deleted dock; no plugin frame). (Exit QGIS itself could not be triggered from here: it did not return.)
+    def close_and_exit():
+        iface.newProject(False)        # False: no "save changes?" question
+        QTimer.singleShot(500, lambda: QgsApplication.exit(0 if ok else 1))
+
+    QTimer.singleShot(500, close_and_exit)
 
 
 def guarded(fn):
-    def run():
+    def run(*args):
         try:
-            fn()
+            fn(*args)
         except Exception:
             note("driver error: " + traceback.format_exc())
             finish(False)
@@ -151,9 +163,66 @@ def poll():
         iface.setActiveLayer(state["sat"])      # the whole sample, in whatever CRS the canvas has
         iface.zoomToActiveLayer()
         iface.mapCanvas().refresh()
-        QTimer.singleShot(2500, final_shots)
+        QTimer.singleShot(2500, export_schools)
         return
     QTimer.singleShot(1000, poll)
+
+
+@guarded
+def export_schools():
+    """Export… with the schools selected in the Layers panel; the save dialog answered by a timer."""
+    from socioseg.plugin.layers import is_result
+
+    panel = state["panel"]
+    results = [l for l in QgsProject.instance().mapLayers().values() if is_result(l)]
+    if not results:
+        note("nothing to export")
+        return final_shots()
+    iface.setActiveLayer(results[0])
+    target = os.path.join(OUT, "export", "schools.shp")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    QTimer.singleShot(800, lambda: answer_save(target))
+    note("pressing Export…")
+    panel.export_button.click()          # returns once the dialog is answered and the file written
+    summary["export"] = read_export(target)
+    summary["export"]["status_line"] = panel.status.text()
+    note(f"export: {summary['export']}")
+    QTimer.singleShot(500, final_shots)
+
+
+@guarded
+def answer_save(target):
+    dlg = QApplication.activeModalWidget()
+    if not isinstance(dlg, QFileDialog):
+        return QTimer.singleShot(300, lambda: answer_save(target))
+    summary["export_dialog"] = dlg.windowTitle()
+    dlg.selectNameFilter("ESRI Shapefile (*.shp)")
+    edit = dlg.findChild(QLineEdit, "fileNameEdit")
+    edit.clear()
+    QTest.keyClicks(edit, target)
+    QApplication.processEvents()         # the typed name and the chosen format drawn before the screenshot
+    shot("05_export_dialog.png")
+    QTest.keyClick(edit, Qt.Key_Return)
+
+
+def read_export(path):
+    """The exported file as GDAL reads it (not QGIS): what another program gets."""
+    from osgeo import ogr
+
+    ds = ogr.Open(path)
+    if ds is None:
+        return {"path": path, "exists": os.path.exists(path), "readable": False}
+    lyr = ds.GetLayer(0)
+    srs = lyr.GetSpatialRef()
+    if srs is not None:
+        srs.AutoIdentifyEPSG()
+    defn = lyr.GetLayerDefn()
+    return {"path": path, "exists": True, "readable": True,
+            "geometry": ogr.GeometryTypeToName(lyr.GetGeomType()),
+            "epsg": srs.GetAuthorityCode(None) if srs is not None else None,
+            "fields": [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())],
+            "count": lyr.GetFeatureCount(), "names": sorted(str(f.GetField("name")) for f in lyr),
+            "style": os.path.exists(os.path.splitext(path)[0] + ".qml")}
 
 
 @guarded
@@ -165,7 +234,7 @@ def final_shots():
     d = SettingsDialog(iface.mainWindow())
     d.show()
     state["settings"] = d
-    QTimer.singleShot(1500, guarded(lambda: (shot("05_settings.png"), press_download())))
+    QTimer.singleShot(1500, guarded(lambda: (shot("06_settings.png"), press_download())))
 
 
 @guarded
@@ -190,7 +259,7 @@ def answer_download():
         return QTimer.singleShot(800, answer_download)
     summary["download_answer"] = box.text()
     note("Download says: " + box.text().replace("\n", " "))
-    shot("06_download.png")
+    shot("07_download.png")
     box.button(QMessageBox.No).click() if box.button(QMessageBox.No) else box.accept()
 
 
@@ -198,9 +267,12 @@ def answer_download():
 def check():
     expected = {"Lakeview High School", "Northgate Middle School", "Maple School"}
     answer = summary.get("download_answer", "")
+    export = summary.get("export", {})
+    exported = (export.get("readable") and export.get("count") == 3 and set(export.get("names", [])) == expected
+                and f"EPSG:{export.get('epsg')}" == summary.get("project_crs") and export.get("style"))
     ok = set(summary.get("found", [])) == expected and summary.get("map_layers") == ["map areas", "map pois",
                                                                                      "map roads"] \
-        and (answer.startswith("offline") or " GB in " in answer)
+        and (answer.startswith("offline") or " GB in " in answer) and bool(exported)
     note(("PASS" if ok else "FAIL") + f": expected {sorted(expected)}")
     finish(ok)
 

@@ -3,7 +3,8 @@
 # "Install from ZIP" does, NO prepared Python environment (QGIS's own Python only), Run -> the set-up
 # offer -> Yes -> the plugin makes its environment and installs requirements-plugin.txt from PyPI -> the
 # detection runs -> the sample's three schools, from the three layers of map.gpkg (one school is only a
-# point). Screenshots and summary.json go to OUT (default out/walkthrough); exit code 0 = all three found.
+# point) -> Export… as a Shapefile to OUT/export/schools.shp through the save dialog. Screenshots and
+# summary.json go to OUT (default out/walkthrough); exit code 0 = all three found and exported.
 #
 #   bash scripts/qgis_walkthrough.sh [OUT]         (ZIP_ARGS=--worktree: the ZIP from uncommitted edits)
 #
@@ -48,12 +49,19 @@ timeout 600 xvfb-run -a -s "-screen 0 1600x1000x24" qgis --profiles-path "$profi
 grep "^\[walkthrough\]" "$out/qgis.log" || true
 cp -f "$profiles/profiles/default/socioseg/setup.log" "$out/setup.log" 2>/dev/null || true
 echo "$(( $(date +%s) - start )) s in QGIS; screenshots and summary in $out"
-/usr/bin/python3 - "$out/summary.json" <<'PY'
+/usr/bin/python3 - "$out/summary.json" "$out/qgis.log" <<'PY'
 import json, sys
 try:
     s = json.load(open(sys.argv[1]))
 except OSError:
     sys.exit("no summary.json: QGIS did not finish the walkthrough (see qgis.log)")
+# how QGIS ended after the walkthrough quit it (Project > Exit QGIS): a crash there prints a gdb backtrace
+log = open(sys.argv[2], encoding="utf-8", errors="replace").read()
+s["qgis_exit"] = "crashed (signal 11, backtrace in qgis.log)" if "died on signal" in log else "clean"
+json.dump(s, open(sys.argv[1], "w"), indent=1)
+print("QGIS exit:", s["qgis_exit"])
 print("found:", s.get("found"), "| map layers:", s.get("map_layers"))
+e = s.get("export", {})
+print("exported:", e.get("path"), e.get("geometry"), "EPSG", e.get("epsg"), e.get("count"), "features")
 sys.exit(0 if s.get("ok") else 1)
 PY

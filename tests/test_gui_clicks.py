@@ -486,6 +486,43 @@ def test_plugin_menu_actions(plugin_pkg, qgis_iface, qgis_new_project, settings)
         plugin.unload()
 
 
+def test_processing_dialog_run_button(plugin_pkg, qgis_processing, qgis_new_project, qgis_iface, sample_dir,
+                                      tmp_path, settings, monkeypatch):
+    """The algorithm's dialog (Processing Toolbox > SocioSeg > Detect socially defined places), Run clicked."""
+    import processing.gui.ParametersPanel as panel_module
+    from qgis.core import QgsRasterLayer
+    from qgis.gui import QgsBrowserGuiModel
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    # pytest-qgis's stand-in QGIS window answers browserModel() with a mock; the dialog needs a real one
+    browser = QgsBrowserGuiModel()
+    monkeypatch.setattr(panel_module.iface, "browserModel", lambda: browser)
+    plugin = plugin_pkg.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        project = QgsProject.instance()
+        project.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))
+        sat = QgsRasterLayer(os.path.join(sample_dir, "satellite.tif"), "sat")
+        maps = [QgsVectorLayer(os.path.join(sample_dir, "map.gpkg") + f"|layername={n}", n, "ogr")
+                for n in ("areas", "roads", "pois")]
+        project.addMapLayers([sat, *maps])
+        alg = QgsApplication.processingRegistry().createAlgorithmById("socioseg:detect_entities")
+        dlg = AlgorithmDialog(alg, False, qgis_iface.mainWindow())
+        dlg.show()
+        out = str(tmp_path / "schools.gpkg")
+        # the dialog's defaults are the panel's (the satellite, the map layers of one source)
+        params = dlg.createProcessingParameters()
+        assert params["SATELLITE"] in (sat.id(), sat.source(), sat)
+        dlg.setParameters({"SATELLITE": sat, "MAP": maps, "QUERY": "schools", "RESOLUTION": 2.0, "OUTPUT": out})
+        run = dlg.buttonBox().button(QDialogButtonBox.Ok)
+        click(run, "processing")
+        wait_for(lambda: os.path.exists(out) and dlg.results(), 180, "the algorithm")
+        got = QgsVectorLayer(out, "out", "ogr")
+        assert sorted(f["name"] for f in got.getFeatures()) == SCHOOLS
+        dlg.close()
+    finally:
+        plugin.unload()
+
+
 def _all_controls(plugin_pkg, qgis_iface):
     """Every button and action the plugin shows, from the widgets themselves (QGIS's own composite
     widgets, such as the authentication selector, are QGIS's to test)."""
@@ -538,3 +575,4 @@ def test_every_button_and_action_was_clicked(plugin_pkg, qgis_iface, qgis_new_pr
     assert {"panel:Export…", "panel:Run", "panel:Help", "menu:Settings…"} <= controls
     missing = sorted(controls - CLICKED)
     assert not missing, f"never clicked by a test: {missing}"
+
