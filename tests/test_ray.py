@@ -119,14 +119,17 @@ def test_the_tiny_vlm_and_sam2_on_ray_equal_the_local_run(cluster, tiny_models, 
 
 @needs_porto
 def test_the_cli_runs_on_the_cluster_by_address(cluster, porto_local, tmp_path):
-    """A second driver process joins the running cluster (--ray-address) and writes GeoParquet."""
+    """A second driver process joins the running cluster (--ray-address) and writes GeoParquet; its
+    inputs and legend are given relative to its own folder."""
     from backend.output.geoparquet import read_geoparquet
 
     out = tmp_path / "parks.parquet"
-    cmd = [sys.executable, "-m", "backend", "detect", "--satellite", os.path.join(PORTO, "satellite.tif"),
-           "--map", os.path.join(PORTO, "map_carto.tif"), "--query", "parks", "--out", str(out),
+    rel = os.path.relpath(PORTO, ROOT)      # relative paths: the workers run in another folder
+    cmd = [sys.executable, "-m", "backend", "detect", "--satellite", os.path.join(rel, "satellite.tif"),
+           "--map", os.path.join(rel, "map_carto.tif"), "--query", "parks", "--out", str(out),
            "--bbox", *map(str, PORTO_BBOX), "--bbox-crs", "EPSG:4326", "--tile-size", "160", "--overlap", "24",
-           "--executor", "ray", "--ray-address", cluster]
+           "--executor", "ray", "--ray-address", cluster,
+           "--reasoner", "mapreader:" + os.path.relpath(os.path.join(ROOT, "resources", "legends", "osm_carto.json"), ROOT)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     geoms, attrs, _ = read_geoparquet(str(out))

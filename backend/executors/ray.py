@@ -38,6 +38,14 @@ class EngineSpecs:
     generation: object = None
     server: dict | None = None
 
+    def __post_init__(self):
+        # Model folders, checkpoints and legends given as relative paths: workers run in another folder.
+        for field in ("reasoner", "segmenter"):
+            kind, *args = getattr(self, field).split(":")
+            if kind != "openai":
+                args = [os.path.abspath(a) if a and os.path.exists(a) else a for a in args]
+                object.__setattr__(self, field, ":".join([kind, *args]))
+
     def urls(self) -> list[str]:
         kind, _, rest = self.reasoner.partition(":")
         return [u.strip() for u in rest.split(",") if u.strip()] if kind == "openai" else []

@@ -150,7 +150,8 @@ def load_scene(satellite: str, map_path: str, *, crs=None, resolution: float = g
     grid = geo.plan_grid(footprints, crs=crs, resolution=resolution, bbox=bbox, bbox_crs=bbox_crs)
     tiles = geo.tile_layout(grid.width, grid.height, tile_size, overlap, max_tiles)
     # vmap is in `target`, the grid's CRS
-    return SceneSource(satellite, map_path, grid, tuple(tiles)).open(vmap)
+    # Absolute paths: a worker of a distributed run does not share this process's working folder.
+    return SceneSource(os.path.abspath(satellite), os.path.abspath(map_path), grid, tuple(tiles)).open(vmap)
 
 
 @dataclass
