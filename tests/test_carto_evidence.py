@@ -75,6 +75,10 @@ def test_labels_carry_certain_and_evidence_through_the_merge():
     a, b = evidence.tag("park", True, "fill #c8facc (park)"), evidence.tag("park", False, "traces")
     assert evidence.split(a) == ("park", 1, "fill #c8facc (park)")
     assert evidence.merge({a: 90, b: 10})[1] == 1 and evidence.merge({a: 10, b: 90})[1] == 0
+    # a place read in pieces is named and explained by the side that decided it
+    c = evidence.tag("educational or medical site", False, "fill #ffffe5")
+    assert evidence.merge({a: 60, c: 40}) == ("park", 1, "fill #c8facc (park)")
+    assert evidence.merge({a: 40, c: 60}) == ("educational or medical site", 0, "fill #ffffe5")
     assert evidence.split("Escola X") == ("Escola X", None, "")     # a model's plain label
 
 

@@ -39,11 +39,15 @@ def merge(parts: dict[str, int]) -> tuple[str, int, str]:
     """(name, certain, evidence) of one output place from its objects' labels and their pixel counts:
     certain where most of what is labelled is certain; names and evidence joined."""
     read = [(split(label), n) for label, n in parts.items() if label]
-    names = sorted({name for (name, _, _), _ in read if name})
     judged = [(c, n) for (_, c, _), n in read if c is not None]
     if not judged:
-        return "; ".join(names), 0, "no map evidence recorded (the reasoner's own answer)"
+        return "; ".join(sorted({name for (name, _, _), _ in read if name})), 0, \
+            "no map evidence recorded (the reasoner's own answer)"
     sure = sum(n for c, n in judged if c) >= 0.5 * sum(n for _, n in judged) if any(n for _, n in judged) \
         else any(c for c, _ in judged)
-    evidence = "; ".join(sorted({e for (_, _, e), _ in read if e}))
+    # A place read in several pieces (tiles, map blocks) is named and explained by the side that decided
+    # it, so a certain place is never also called 'educational or medical site'.
+    side = [(name, e) for (name, c, e), _ in read if c is None or c == int(sure)]
+    names = sorted({name for name, _ in side if name})
+    evidence = "; ".join(sorted({e for _, e in side if e}))
     return "; ".join(names), int(sure), evidence
