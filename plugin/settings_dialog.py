@@ -7,7 +7,7 @@ import subprocess
 
 from qgis.PyQt.QtWidgets import (QApplication, QCheckBox, QComboBox, QCompleter, QDialog, QDialogButtonBox,
                                  QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QPushButton,
-                                 QSpinBox, QVBoxLayout)
+                                 QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from . import environment as env
 from . import models
@@ -155,14 +155,27 @@ class SettingsDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
-        box = QVBoxLayout()
+        body = QWidget()
+        box = QVBoxLayout(body)
         box.addWidget(env_box)
         box.addWidget(model_box)
         box.addWidget(self.server_box)
         box.addLayout(form)
         box.addWidget(diag)
-        box.addWidget(buttons)
-        self.setLayout(box)
+        # The settings are taller than a 1000-pixel screen: QGIS then squeezed the dialog to the screen and
+        # the wrapped status lines lost their second line. They scroll instead; OK and Cancel stay in view.
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.addWidget(scroll)
+        outer.addWidget(buttons)
+        screen = QApplication.primaryScreen()
+        if screen is not None:
+            body.adjustSize()
+            self.resize(max(body.sizeHint().width() + 40, 720),
+                        min(body.sizeHint().height() + 80, int(screen.availableGeometry().height() * 0.9)))
         self.refresh()
 
     @staticmethod
