@@ -104,3 +104,27 @@ def test_missing_model_says_how_to_get_it(tmp_path):
         build_reasoner(f"qwen:{tmp_path}/missing")
     with pytest.raises(ModelNotFoundError, match="huggingface-cli download vvangfaye/SocioReasoner-3B"):
         build_reasoner("qwen")
+
+
+def test_replies_are_decoded_twice_as_released(tiny_models):
+    # the released code segments the answer decoded without special tokens, and renders / quotes in
+    # the stage-2 text the one decoded with them (tokenizer.batch_decode(..., skip_special_tokens=False))
+    from backend.pipeline.prompts import parse_answer
+    from backend.reasoners.qwen import decode_reply
+
+    r = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(max_new_tokens=30))
+    tok = r.processor.tokenizer
+    ids = tok('<think>x</think><answer>[{"bbox_2d": [1, 2, 30, 40]}<|vision_end|>]</answer>')["input_ids"]
+    ids += [tok.convert_tokens_to_ids("<|im_end|>")] + [tok.pad_token_id] * 3
+    reply = decode_reply(tok, torch.tensor(ids))
+    assert reply.text == '<think>x</think><answer>[{"bbox_2d": [1, 2, 30, 40]}]</answer>'
+    assert reply.shown_text == reply.text.replace("}]", "}<|vision_end|>]") + "<|im_end|>"
+    a = parse_answer(reply.text, 756, 756, shown=reply.shown_text)
+    assert [it.box for it in a.items] == [(1, 2, 30, 40)] and a.boxes == []
+    assert a.stage2_boxes_text == '[{"bbox_2d": [1, 2, 30, 40]}<|vision_end|>]'
+    # the reasoner's replies carry both
+    m = np.full((756, 756, 3), 90, np.uint8)
+    from backend.reasoners.base import TileView
+    one = r.stage1(TileView("school", None, m, m), "x")
+    assert one.shown_text is not None and one.text == tok.decode(tok(one.shown_text)["input_ids"],
+                                                                 skip_special_tokens=True)
