@@ -57,10 +57,41 @@ def test_batch_holds_both_stages_with_group_advantages(trainer, batch):
     assert batch["advantages"].max() > 0 and batch["advantages"].min() < 0   # the sampled group varies
 
 
-def test_loss_logps_match_the_sampling_logps(trainer, batch):
+def _raw_logit_logps(trainer, out, adapter=True):
+    """log_softmax of the model's own logits (no temperature), at the completion tokens."""
+    n = out["completion_ids"].size(1)
+    kw = dict(input_ids=torch.cat([out["prompt_ids"], out["completion_ids"]], 1),
+              attention_mask=torch.cat([out["prompt_mask"], out["completion_mask"]], 1),
+              pixel_values=out["pixel_values"], image_grid_thw=out["image_grid_thw"])
+    if out.get("mm_token_type_ids") is not None:
+        kw["mm_token_type_ids"] = out["mm_token_type_ids"]
+    with torch.no_grad():
+        if adapter:
+            logits = trainer.model(**kw).logits
+        else:
+            with trainer.model.disable_adapter():
+                logits = trainer.model(**kw).logits
+    logits = logits[:, -n - 1:-1].float()
+    return logits, torch.log_softmax(logits, -1).gather(-1, out["completion_ids"].unsqueeze(-1)).squeeze(-1)
+
+
+def test_loss_logps_come_from_the_raw_logits_as_released(trainer, batch):
+    """The released trainer's policy, old and reference log-probs are log_softmax of the raw logits;
+    trl's would be divided by the sampling temperature (1.2 here) first."""
     mask = batch["completion_mask"].bool()
-    lp = _logps(trainer, batch)
-    assert (lp - batch["sampling_per_token_logps"])[mask].abs().max() < 1e-3
+    logits, raw = _raw_logit_logps(trainer, batch)
+    assert (_logps(trainer, batch) - raw)[mask].abs().max() < 1e-4                  # policy
+    assert (trainer._logps(batch, reference=False) - raw)[mask].abs().max() < 1e-4  # old (ratio denominator)
+    _, raw_ref = _raw_logit_logps(trainer, batch, adapter=False)
+    assert (batch["ref_per_token_logps"] - raw_ref)[mask].abs().max() < 1e-4       # reference
+    # the rollouts were sampled at the temperature; the loss does not see it
+    scaled = torch.log_softmax(logits / 1.2, -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    assert (batch["sampling_per_token_logps"] - scaled)[mask].abs().max() < 1e-3
+    assert (raw - scaled)[mask].abs().max() > 1e-2
+
+
+def test_the_kl_term_is_not_weighted_by_the_importance_ratio(trainer):
+    assert trainer.args.use_bias_correction_kl is False and trainer.beta == 0.005
 
 
 def test_stage2_prompts_and_images_are_the_inference_ones(trainer, batch, tiny_models):
@@ -178,6 +209,10 @@ def test_released_recipe_structure(tiny_models, town_socioseg, tmp_path):
     trainer, _ = build(options)
     visual = [p.requires_grad for n, p in trainer.model.named_parameters() if "visual" in n]
     assert visual and all(visual) and all(p.requires_grad for p in trainer.model.parameters())
+    # the released schedule reaches the trainer: 1e-6 falling to 0 at update 41,600, then 0
+    trainer.create_optimizer_and_scheduler(num_training_steps=options.max_steps)
+    rate = trainer.lr_scheduler.lr_lambdas[0]
+    assert (rate(0), rate(20800), rate(41600), rate(50000)) == (1.0, 0.5, 0.0, 0.0)
     del trainer
     # one rollout batch: a stage-1 update, then a stage-2 update, then the full model as final/
     assert main(argv + ["--max-steps", "2", "--save-steps", "2"]) == 0

@@ -29,7 +29,8 @@ from trl.models import unwrap_model_for_generation
 # `generate` and `sync_weights`) and `_last_loaded_step`, `eos_token_ids`, `model_wrapped`, and the helpers
 # `unwrap_model_for_generation`,
 # `split_tensor_dict`, `shuffle_sequence_dict`, `split_pixel_values_by_grid`,
-# `unsplit_pixel_values_by_grid` and `use_adapter`.
+# `unsplit_pixel_values_by_grid`, `use_adapter` and `add_fused_lm_head` (the log-prob head; its
+# temperature is fixed when it is added).
 from trl.trainer.grpo_trainer import use_adapter
 from trl.trainer.utils import (shuffle_sequence_dict, split_pixel_values_by_grid, split_tensor_dict,
                                unsplit_pixel_values_by_grid)
@@ -64,10 +65,28 @@ class TwoStageGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         from backend.reasoners.qwen import QwenChat
 
+        self._logps_from_raw_logits()
+
         self.socio_data, self.segmenter, self.options = socio_data, segmenter, options
         self.chat = QwenChat(self.processing_class, options.min_pixels, options.max_pixels)
         self.processing_class.tokenizer.padding_side = "left"
         self.last_rollouts = []
+
+    def _logps_from_raw_logits(self) -> None:
+        """As released, the policy's, the old and the reference log-probs come from the raw logits;
+        trl divides them by the sampling temperature (0.99 in the released recipe) in the fused LM head
+        it adds to the models. Its head is added again at temperature 1 (the newer head answers the
+        fused calls; other calls, `generate` included, pass through unchanged). Sampling itself keeps
+        the temperature."""
+        from accelerate.utils import is_peft_model
+        from trl.trainer.utils import add_fused_lm_head
+
+        policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        add_fused_lm_head(policy, temperature=1.0, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
+                          outputs=("log_probs", "entropy"))
+        if self.ref_model is not None:
+            add_fused_lm_head(self.accelerator.unwrap_model(self.ref_model), temperature=1.0,
+                              cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
 
     def _gen_kwargs(self) -> dict:
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
@@ -241,7 +260,7 @@ def build(options: GRPOOptions):
     device, use_bf16, processor, model = load_policy(options)
     segmenter = build_segmenter(options.segmenter, device)
     config = GRPOConfig(
-        output_dir=options.output, max_steps=options.max_steps, learning_rate=options.lr(),
+        output_dir=options.output, max_steps=options.max_steps, learning_rate=options.lr(), **options.lr_schedule(),
         weight_decay=options.weight_decay, beta=options.beta, epsilon=options.epsilon,
         num_generations=options.num_generations, per_device_train_batch_size=plan["per_device_train_batch_size"],
         gradient_accumulation_steps=plan["gradient_accumulation_steps"],
@@ -254,7 +273,9 @@ def build(options: GRPOOptions):
         use_vllm=options.use_vllm, vllm_mode=options.vllm_mode, vllm_server_host=options.vllm_server_host,
         vllm_server_port=options.vllm_server_port,
         vllm_gpu_memory_utilization=options.vllm_gpu_memory_utilization,
-        vllm_importance_sampling_correction=False)
+        vllm_importance_sampling_correction=False,
+        # the released k3 KL term is not multiplied by the importance ratio (trl >= 1.16 does by default)
+        use_bias_correction_kl=False)
     rows = datasets.Dataset.from_dict({"prompt": [train.get(i).query for i in good], "index": good})
 
     def stage1_reward_func(completions, **kwargs):
