@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--side", type=float, default=375.0, help="side of the 1x area in metres (default 375)")
     ap.add_argument("--tile", type=int, default=192, help="tile side in pixels at 1 m (default 192)")
     ap.add_argument("--skip-speed", action="store_true", help="only memory and merge")
+    ap.add_argument("--speed-only", action="store_true", help="only the 1 vs 2 workers speed")
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -132,6 +133,8 @@ def main() -> None:
         print(f"speed on {one['tiles']} tiles ({area:.0f} m square): 1 worker {one['tiles_per_s']} tiles/s, "
               f"2 workers {two['tiles_per_s']} tiles/s (ratio {two['tiles_per_s'] / one['tiles_per_s']:.2f}); "
               f"wall {one['seconds']} s vs {two['seconds']} s")
+    if args.speed_only:
+        return
     sizes = {k: child(args.side * k ** 0.5, args.tile, 2) for k in (1, 4, 16)}
     base = sizes[1]["driver_peak_mb"]
     for k, r in sizes.items():

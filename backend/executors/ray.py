@@ -139,7 +139,9 @@ class RayExecutor:
         ray = connect(self.address, self.workers or 2)
         self.actors = self._start(ray, scene.source, settings)
         try:
-            facts = ray.get(self.actors[0].engine_facts.remote())
+            # Every worker ready before the first batch: one that cannot open the inputs or load the
+            # models says so now, and the progress line's rate is not diluted by start-up.
+            facts = ray.get([a.engine_facts.remote() for a in self.actors])[0]
         except Exception as exc:     # a worker's own refusal (query, legend, model) reaches the user as is
             self.shutdown()
             raise _unwrap(exc) from None
