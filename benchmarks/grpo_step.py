@@ -8,7 +8,7 @@
 The policy has Qwen2.5-VL-3B-Instruct's published configuration with random weights (nothing is
 downloaded; the self-test's small tokenizer stands in, the embedding keeps the real 151,936 rows), the
 segmenter is the self-test's tiny SAM 2 (`--segmenter large`: SAM 2 hiera-large's shape), the data are
-synthetic 768-px SocioSeg tiles. `--smoke` runs it anywhere: one step, 2 generations of 4 tokens, 56 px
+synthetic 768-px SocioSeg tiles. `--smoke` runs it anywhere: one step, 2 generations of 4 tokens, 112 px
 images; on a CPU the bfloat16 weights multiply in float32 one layer at a time (no bf16 units here).
 Random weights rarely emit an end-of-turn token, so every completion runs to --max-completion-length:
 a worst case for generation. Prints one JSON line: card, seconds per step, peak GPU memory (CUDA) and peak resident memory.
@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SMOKE = {"steps": 1, "num_generations": 2, "max_completion_length": 4, "max_pixels": 56 * 56}
+SMOKE = {"steps": 1, "num_generations": 2, "max_completion_length": 4, "max_pixels": 112 * 112}
 
 
 def peak_rss_mb() -> float:
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gradient-checkpointing", choices=["auto", "true", "false"], default="auto",
                     help="auto: on for CUDA")
     ap.add_argument("--smoke", action="store_true", help="real shape on any machine: 1 step, 2 generations, "
-                    "4 tokens, 56 px images, SAM 2 large")
+                    "4 tokens, 112 px images, SAM 2 large")
     ap.add_argument("--use-vllm", action="store_true")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)

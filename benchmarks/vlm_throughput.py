@@ -14,7 +14,8 @@ the self-test's tokenizer stands in). `--smoke` runs the real shape anywhere (on
     .venv/bin/python benchmarks/vlm_throughput.py --size 3b --smoke --json out/vlm_3b_smoke.json
 
 Every answer is forced to exactly --tokens new tokens so that timings compare like with like; the
-answers themselves are meaningless. The segmenter is GrabCut unless --segmenter says otherwise.
+answers themselves are meaningless (random weights rarely give a parseable stage-1 answer, so stage 2
+and the segmenter mostly do not run inside (a)-(c); the segmenter is also timed on its own). The segmenter is GrabCut unless --segmenter says otherwise.
 """
 from __future__ import annotations
 
@@ -191,6 +192,17 @@ def run(args, work, dtype, gen, min_pixels, max_pixels) -> int:
                                for i in range(0, len(tiles), args.batch)], local, args.tiles, args.device))
     print(rows[-1], flush=True)
     del local
+    # The segmenter on its own (random weights stop most answers at stage 1, before it is asked)
+    from backend.segmenters.base import Prompt
+    h, w = tiles[0].sat_image.shape[:2]
+    t0 = time.perf_counter()
+    segmenter.set_image(tiles[0].sat_image)
+    embed_s = time.perf_counter() - t0
+    segmenter.segment([Prompt((w * 0.2, h * 0.2, w * 0.7, h * 0.8), [(w * 0.4, h * 0.5)])])
+    segment = {"name": segmenter.name.split(":")[0], "embedding_s": round(embed_s, 2),
+               "one_prompt_s": round(time.perf_counter() - t0 - embed_s, 2)}
+    print(f"segmenter {segmenter.name}: embedding {segment['embedding_s']} s, one box+point "
+          f"{segment['one_prompt_s']} s", flush=True)
     if not args.skip_server:
         proc, url = serve(folder, args.device, upcast, args.server)
         try:
@@ -215,7 +227,7 @@ def run(args, work, dtype, gen, min_pixels, max_pixels) -> int:
             json.dump({"size": args.size, "layers": args.layers or (36 if args.size == "3b" else None),
                        "dtype": str(dtype).split(".")[-1], "device": device_name, "tiles": args.tiles,
                        "tokens": args.tokens, "max_pixels": max_pixels, "segmenter": segmenter.name,
-                       "build_s": round(build_s, 1), "load_s": round(load_s, 1), "rows": rows,
+                       "build_s": round(build_s, 1), "load_s": round(load_s, 1), "rows": rows, "segmenter_alone": segment,
                        "peak_rss_mb": round(rss_mb())}, f, indent=1)
     return 0
 

@@ -90,6 +90,10 @@ lines = [f"Run on {where} ({env['mode']} mode), torch {env['torch']}, transforme
 base = tp["rows"][0]["s_per_tile"]
 for r in tp["rows"]:
     lines.append(f"| {r['mode']} | {r['s_per_tile']:.2f} | {r['tok_per_s']:.1f} | {r['peak_mb']:.0f} | {base / r['s_per_tile']:.2f}x |")
+seg = tp.get("segmenter_alone")
+if seg:
+    lines += ["", f"Segmenter alone ({seg['name']}, real shape): image embedding {seg['embedding_s']} s, "
+                  f"one box + point {seg['one_prompt_s']} s."]
 lines += ["", "| GRPO step | text layers | dtype | generations x tokens | s/step | peak GPU GiB | peak RSS GiB |",
           "|---|---|---|---|---|---|---|"]
 for r in (lora, full):
