@@ -149,3 +149,31 @@ def load_pretrained(cls, ref: str, what: str, flag_hint: str, model_types: tuple
     if model_types and got and got not in model_types:
         raise ModelNotFoundError(f"{what}: {ref!r} is a {got} model, not {' / '.join(model_types)} ({flag_hint})")
     return net
+
+
+def training_output(ref: str) -> tuple[str, str | None]:
+    """What a local folder written by `python -m training.sft|grpo` stands for, as (model, adapter):
+    the run folder RUN means RUN/final (the merged model); a LoRA adapter folder (RUN/adapter, or a
+    LoRA checkpoint) means its base model plus that adapter. Anything else is returned as it is."""
+    if not looks_local(ref):
+        return ref, None
+    path = os.path.expanduser(ref)
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "config.json")):
+        return ref, None
+    final = os.path.join(path, "final")
+    if os.path.isfile(os.path.join(final, "config.json")):
+        return final, None
+    adapter_config = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(adapter_config):
+        if os.path.isdir(os.path.join(path, "adapter")):
+            return training_output(os.path.join(path, "adapter"))
+        return ref, None
+    try:
+        with open(adapter_config, encoding="utf-8") as f:
+            base = json.load(f).get("base_model_name_or_path") or ""
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelNotFoundError(f"LoRA adapter {path}: {adapter_config} is not valid JSON ({exc})") from None
+    if not base:
+        raise ModelNotFoundError(f"LoRA adapter {path}: adapter_config.json names no base model "
+                                 "(base_model_name_or_path); pass the run's merged model, RUN/final")
+    return base, path

@@ -122,14 +122,24 @@ def check_engines(reasoner: str, segmenter: str) -> dict[str, str]:
         from .reasoners.mapreader import check_legend
         check_legend(r.args[0])
         files["--reasoner"] = r.args[0]
-    elif r.kind == "qwen" and looks_local(r.args[0]):
+    elif r.kind == "qwen":
+        from .hub import training_output
         from .reasoners.qwen import MODEL_TYPES
-        check_model_folder(os.path.expanduser(r.args[0]), "vision-language reasoner", "--reasoner qwen:DIR",
+        base, _adapter = training_output(r.args[0])     # a training run's folder stands for its model
+        if looks_local(base):
+            check_model_folder(os.path.expanduser(base), "vision-language reasoner", "--reasoner qwen:DIR",
+                               MODEL_TYPES)
+    elif r.kind == "sam3-concept" and looks_local(r.args[0]):
+        from .reasoners.sam3_concept import MODEL_TYPES
+        check_model_folder(os.path.expanduser(r.args[0]), "SAM 3 concept reasoner", "--reasoner sam3-concept:DIR",
                            MODEL_TYPES)
     s = parse_segmenter(segmenter)
     if s.kind == "sam2" and looks_local(s.args[0]):
         from .segmenters.sam2 import MODEL_TYPES
         check_model_folder(os.path.expanduser(s.args[0]), "SAM 2 segmenter", "--segmenter sam2:DIR", MODEL_TYPES)
+    elif s.kind == "sam3" and looks_local(s.args[0]):
+        from .segmenters.sam3 import MODEL_TYPES
+        check_model_folder(os.path.expanduser(s.args[0]), "SAM 3 segmenter", "--segmenter sam3:DIR", MODEL_TYPES)
     elif s.kind == "sam":
         checkpoint = s.args[1]
         if not os.path.isfile(checkpoint):

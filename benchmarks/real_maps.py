@@ -117,6 +117,12 @@ def speed(resolution: float = 0.25) -> list[dict]:
 
 
 def run_leave_one_out(args) -> int:
+    if args.grid:     # a mistyped option is said first, whatever scenes this machine has
+        try:
+            leave_one_out.parse_grid(args.grid, each=not args.grid_product)
+        except leave_one_out.GridError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
     cities = args.cities or [args.data] + [os.path.join(EXTRA, s, "out") for s in SCENES]
     missing = [c for c in cities if not os.path.isfile(os.path.join(c, MAPS["carto raster"]))]
     if args.cities and missing:

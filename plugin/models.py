@@ -29,7 +29,8 @@ def folder_for(ref: str, models: str) -> str:
 
 
 def segmenter_model(spec: str) -> tuple[str, str | None]:
-    """(kind, model reference) of a segmenter spec: grabcut has none, sam2 an id or folder, sam a file."""
+    """(kind, model reference) of a segmenter spec: grabcut has none, sam2 and sam3 an id or folder, sam a
+    file."""
     kind, _, rest = (spec or "grabcut").strip().partition(":")
     kind = kind.lower()
     if kind == "sam":
@@ -38,6 +39,10 @@ def segmenter_model(spec: str) -> tuple[str, str | None]:
         from ..backend.segmenters.sam2 import DEFAULT_SAM2    # numpy at most: safe inside QGIS
 
         return kind, rest or DEFAULT_SAM2
+    if kind == "sam3":
+        from ..backend.segmenters.sam3 import DEFAULT_SAM3    # numpy at most: safe inside QGIS
+
+        return kind, rest or DEFAULT_SAM3
     return kind, None
 
 

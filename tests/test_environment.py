@@ -127,6 +127,8 @@ def test_model_presence(tmp_path, monkeypatch, plugin_pkg):
     assert models.segmenter_model("grabcut") == ("grabcut", None)
     assert models.segmenter_model("sam2") == ("sam2", "facebook/sam2-hiera-large")
     assert models.segmenter_model("sam:vit_h:/m/sam_vit_h.pth") == ("sam", "/m/sam_vit_h.pth")
+    assert models.segmenter_model("sam3") == ("sam3", "facebook/sam3")
+    assert models.segmenter_model("sam3:/m/sam3") == ("sam3", "/m/sam3")
     assert models.model_status(None, folder, "Segmenter").present
     # the panel's reason for not offering the vision-language engine names the button
     reason = models.missing_models_reason("org/absent-model", "sam2:facebook/sam2-hiera-large", folder)

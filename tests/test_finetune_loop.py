@@ -52,7 +52,8 @@ def test_build_train_evaluate_detect_on_porto(tiny, tmp_path, capsys):
     assert (grpo / "adapter").is_dir() and (grpo / "final").is_dir()     # LoRA adapter and merged model
 
     out = tmp_path / "eval.json"
-    assert evaluate_main(["--data", str(data), "--split", "test", "--reasoner", f"qwen:{grpo / 'final'}",
+    # the LoRA adapter loads onto its base model (equal to final/, which merges it)
+    assert evaluate_main(["--data", str(data), "--split", "test", "--reasoner", f"qwen:{grpo / 'adapter'}",
                           "--segmenter", "grabcut", "--device", "cpu", "--max-new-tokens", "256",
                           "--limit", "3", "--seed", "0", "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())["metrics"]
@@ -73,7 +74,7 @@ def test_build_train_evaluate_detect_on_porto(tiny, tmp_path, capsys):
     found, dump = tmp_path / "found.geojson", tmp_path / "dump"
     capsys.readouterr()
     rc = backend_main(["detect", "--satellite", f"{PORTO}/satellite.tif", "--map", f"{PORTO}/extract.osm.pbf",
-                       "--query", "school", "--task", "class", "--reasoner", f"qwen:{grpo / 'final'}",
+                       "--query", "school", "--task", "class", "--reasoner", f"qwen:{grpo}",   # RUN = RUN/final
                        "--segmenter", "grabcut", "--device", "cpu", "--max-new-tokens", "256", "--seed", "0",
                        "--resolution", "1", "--tile-size", "256", "--bbox", *map(str, test_tile["bounds"]),
                        "--out", str(found), "--dump", str(dump)])

@@ -11,13 +11,14 @@ DEFAULT_OVERLAP = 128
 # A limit for scripts, not a memory guard: tiles are read and merged window by window, so memory does
 # not grow with the area. Time does: see estimate_seconds.
 DEFAULT_MAX_TILES = 20_000
-# Seconds per 768 px tile, measured with benchmarks/memory.py (the sample at 0.25 m/px) on this
-# project's 2-core CPU machine; engines not measured here have no entry.
-SECONDS_PER_TILE = {"mapreader": 0.35}    # the sample raster map at 1 m: 6 tiles in 2.0 s (0.25 m: 70 in 8.1 s)
-# A vector map costs time by its features (rendered per tile, matched, street blocks polygonised):
-# Porto's 19,691 features in the area, 9 tiles at 1 m, took 22.7 s where the tiles alone account for 3 s,
-# and 100,000 features took 140-243 s in the issue-20 sweep; 1.2 ms a feature lies between.
-SECONDS_PER_MAP_FEATURE = {"mapreader": 0.0012}
+# Seconds per 768 px tile on this project's 2-core CPU machine, measured idle (2026-12-03) with the map
+# read at its own pixels: Porto's Carto raster, 9 tiles at 1 m in 7.1 s; the sample at 0.25 m, 70 tiles.
+# Engines not measured here have no entry (the progress line's rate tells then).
+SECONDS_PER_TILE = {"mapreader": 0.6}
+# A vector map adds time by its features (rendered per tile, matched, street blocks polygonised): Porto's
+# OpenStreetMap extract, 9 tiles and 19,691 features in 6.0 s, 2 tiles and 7,948 features in 1.8 s (the
+# estimate is 1.5x both); 100,000 features took minutes in the issue-20 sweep on a loaded machine.
+SECONDS_PER_MAP_FEATURE = {"mapreader": 0.0002}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..device import default_dtype, resolve_device
 from ..errors import InputError
-from ..hub import load_pretrained
+from ..hub import load_pretrained, training_output
 from ..pipeline.prompts import MAX_PIXELS, MIN_PIXELS, ParsedAnswer
 from .base import SmartResize, Reply, TileView
 
@@ -114,11 +114,15 @@ class QwenReasoner(QwenChat):
         self.device = resolve_device(device)
         self.dtype = dtype or default_dtype(self.device)
         hint = "--reasoner qwen:/path/to/SocioReasoner-3B"
-        processor = load_pretrained(AutoProcessor, model, "vision-language reasoner", hint,
+        base, adapter = training_output(model)
+        # training leaves the processor as it was: an adapter's base model brings it
+        processor = load_pretrained(AutoProcessor, base, "vision-language reasoner", hint,
                                     model_types=MODEL_TYPES)
         super().__init__(processor, min_pixels, max_pixels)
-        net = load_pretrained(AutoModelForImageTextToText, model, "vision-language reasoner", hint,
+        net = load_pretrained(AutoModelForImageTextToText, base, "vision-language reasoner", hint,
                               model_types=MODEL_TYPES, dtype=self.dtype)
+        if adapter:
+            net = merged_adapter(net, adapter)
         self.model = net.to(self.device).eval()
         self.generation = generation or GenerationSettings()
         self.name = f"qwen:{model}"
@@ -179,6 +183,22 @@ class QwenReasoner(QwenChat):
 
     def stage2_batch(self, views, prompts, rendered, stage1s) -> list[Reply]:
         return self.reply_batch([(m, s, p) for (m, s), p in zip(rendered, prompts)])
+
+
+def merged_adapter(net, adapter: str):
+    """The base model with a LoRA adapter of a training run merged in (as RUN/final holds it)."""
+    from ..errors import ModelNotFoundError
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelNotFoundError(f"{adapter} is a LoRA adapter, which needs the peft package (pip install "
+                                 "peft); or pass the run's merged model, RUN/final") from None
+    try:
+        return PeftModel.from_pretrained(net, adapter).merge_and_unload()
+    except Exception as exc:   # a damaged or mismatched adapter: one line, not peft's traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelNotFoundError(f"LoRA adapter {adapter} does not fit its base model ({first}): pass the "
+                                 "run's merged model, RUN/final") from None
 
 
 def decode_reply(tokenizer, ids) -> Reply:
