@@ -251,6 +251,7 @@ def cmd_detect(args) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .engines import build_reasoner, build_segmenter, parse_reasoner
+    from .geo import base as geo_base
     from .geo.grid import parse_crs
     from .output.atomic import write_failure
     from .output.preview import write_preview
@@ -286,6 +287,7 @@ def cmd_detect(args) -> int:
           f"{g.crs.to_string()}, {len(scene.tiles)} tile(s); reasoner {names[0]}, segmenter "
           f"{names[1]}", file=sys.stderr)
     total = len(scene.tiles)
+    look_step = geo_base.sample_step(g)      # what --truth and --preview look at: bounded memory
     features = _features_in(scene)
     estimate = estimate_seconds(total, parse_reasoner(args.reasoner).kind, features)
     if estimate is not None and (total > 1 or estimate >= 10):
@@ -309,7 +311,7 @@ def cmd_detect(args) -> int:
     try:
         with logging_redirect_tqdm():
             settings = RunSettings(args.query, args.task, _options(args), batch_size=args.batch_size,
-                                   keep_mask=bool(args.truth or args.preview), dump_dir=args.dump,
+                                   keep_mask=look_step if (args.truth or args.preview) else 0, dump_dir=args.dump,
                                    tiles_dir=tiles_dir_for(args.out), resume=args.resume)
             result = _executor(args, reasoner, segmenter).run(scene, settings, progress)
     except OSError as exc:   # a full or read-only disk under the dump or the tile folder beside --out
@@ -339,20 +341,23 @@ def cmd_detect(args) -> int:
         label = a["name"] or "(unnamed)"
         sure = "" if a.get("certain", 1) else "  (uncertain: the map does not tell the class apart here)"
         print(f"  - {label}: {a['area_m2']:.0f} m2{sure}" + (f"  [{a['note']}]" if a["note"] else ""))
+    sampled = (f"; on 1 pixel in {look_step} x {look_step}, as the area has more than "
+               f"{geo_base.WHOLE_AREA_MAX_PIXELS:,} pixels" if look_step > 1 else "")
     if args.truth:
         from .evaluation.metrics import mask_iou
         from .evaluation.truth import truth_mask_for
-        truth = truth_mask_for(args.truth, g, args.query, args.task)
+        truth = truth_mask_for(args.truth, geo_base.sampled_grid(g, look_step), args.query, args.task)
         # Score only where the inputs have data: truth beyond the imagery or the map cannot be found.
-        whole = scene.whole()
+        whole = scene.sampled(look_step)
         outside = int((truth & ~whole[2]).sum())
         truth &= whole[2]
         print(f"IoU against {args.truth}: {mask_iou(result.mask, truth):.3f} "
               f"(truth {int(truth.sum())} px, detected {int(result.mask.sum())} px"
-              + (f"; {outside} px of truth where the inputs have no data left out)" if outside else ")"))
+              + (f"; {outside} px of truth where the inputs have no data left out" if outside else "")
+              + sampled + ")")
     if args.preview:
         try:
-            sat_rgb, map_rgb, _ = whole if args.truth else scene.whole()
+            sat_rgb, map_rgb, _ = whole if args.truth else scene.sampled(look_step)
             write_preview(args.preview, sat_rgb, map_rgb, result.mask,
                           truth if truth is not None and truth.any() else None, overwrite=args.overwrite)
         except SocioSegError as exc:

@@ -1,10 +1,13 @@
 """Scale numbers of `--executor ray` on the real Porto scene (map reader + GrabCut on the OSM Carto render):
 
-    .venv/bin/python benchmarks/scale.py [--side 375] [--tile 192] [--skip-speed]
+    .venv/bin/python benchmarks/scale.py [--side 375] [--tile 192] [--skip-speed] [--look PIXELS]
 
 1. Tiles per second with 1 and 2 Ray workers on the same area (their ratio).
 2. The driver's peak resident memory (ru_maxrss of the process that plans, merges and writes; the
    workers' memory is theirs) at 1x, 4x and 16x the area, each in a fresh process; the ratio to 1x.
+   With `--look PIXELS` the driver also does what --truth and --preview do (the whole-area mask, the
+   truth, the images and the preview PNG) with the CLI's cap on the pixels it looks at set to PIXELS
+   (default of the CLI: geo.base.WHOLE_AREA_MAX_PIXELS).
 3. The merge time per 1,000 tiles: tile result files (768 px, random places) read back and merged in
    the band, as the driver of a distributed run does (no model involved).
 
@@ -39,10 +42,12 @@ def porto_bbox(side_m: float) -> tuple:
     return (w, s, e, n)
 
 
-def run_once(side_m: float, tile: int, workers: int) -> dict:
+def run_once(side_m: float, tile: int, workers: int, look: int = 0) -> dict:
     """One Ray run in this process (the driver); prints its numbers as JSON."""
     sys.path.insert(0, ROOT)
     import ray
+
+    from backend.geo.base import sample_step, sampled_grid
 
     from backend.executors.ray import EngineSpecs, RayExecutor
     from backend.output.vectors import write_detection
@@ -58,21 +63,33 @@ def run_once(side_m: float, tile: int, workers: int) -> dict:
         ex = RayExecutor(EngineSpecs("mapreader", "grabcut"), workers=workers)
         first = []
         t0 = time.perf_counter()
-        det = ex.run(scene, RunSettings("parks", tiles_dir=os.path.join(tmp, "out.tiles")),
+        k = sample_step(scene.grid, look) if look else 0
+        det = ex.run(scene, RunSettings("parks", tiles_dir=os.path.join(tmp, "out.tiles"), keep_mask=k),
                      progress=lambda f, m: first or "done" in m and first.append(time.perf_counter()))
         t1 = time.perf_counter()
         write_detection(os.path.join(tmp, "out.parquet"), det)
+        if look:      # what the CLI's --truth and --preview do after the run
+            from backend.evaluation.metrics import mask_iou
+            from backend.evaluation.truth import truth_mask_for
+            from backend.output.preview import write_preview
+
+            truth = truth_mask_for(os.path.join(PORTO, "truth.geojson"), sampled_grid(scene.grid, k), "parks", "class")
+            sat, map_rgb, valid = scene.sampled(k)
+            truth &= valid
+            iou = round(mask_iou(det.mask, truth), 3)
+            write_preview(os.path.join(tmp, "preview.png"), sat, map_rgb, det.mask, truth, overwrite=True)
         ray.shutdown()
     n = len(scene.tiles)
     return {"side_m": side_m, "grid": [scene.grid.width, scene.grid.height], "tiles": n, "workers": workers,
             "seconds": round(t1 - t0, 2), "entities": len(det.entities),
             # from the first finished tile on: workers are started and the engines loaded by then
             "tiles_per_s": round((n - 1) / (t1 - first[0]), 3) if first and n > 1 else None,
-            "driver_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "driver_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            **({"look_step": k, "iou": iou} if look else {})}
 
 
-def child(side_m: float, tile: int, workers: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", str(side_m), str(tile), str(workers)],
+def child(side_m: float, tile: int, workers: int, look: int = 0) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", str(side_m), str(tile), str(workers), str(look)],
                          capture_output=True, text=True, cwd=ROOT, timeout=1800)
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
@@ -120,10 +137,12 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=192, help="tile side in pixels at 1 m (default 192)")
     ap.add_argument("--skip-speed", action="store_true", help="only memory and merge")
     ap.add_argument("--speed-only", action="store_true", help="only the 1 vs 2 workers speed")
-    ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--look", type=int, default=0, metavar="PIXELS",
+                    help="also do --truth and --preview's work, looking at no more than PIXELS pixels")
+    ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_once(float(args.one[0]), int(args.one[1]), int(args.one[2]))))
+        print(json.dumps(run_once(float(args.one[0]), int(args.one[1]), int(args.one[2]), int(args.one[3]))))
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}; Porto, map reader + GrabCut, tiles of {args.tile} px at 1 m")
@@ -135,11 +154,15 @@ def main() -> None:
               f"wall {one['seconds']} s vs {two['seconds']} s")
     if args.speed_only:
         return
-    sizes = {k: child(args.side * k ** 0.5, args.tile, 2) for k in (1, 4, 16)}
+    sizes = {k: child(args.side * k ** 0.5, args.tile, 2, args.look) for k in (1, 4, 16)}
     base = sizes[1]["driver_peak_mb"]
     for k, r in sizes.items():
+        looked = (f"; --truth/--preview on 1 pixel in {r['look_step']} x {r['look_step']}, IoU {r['iou']}"
+                  if args.look else "")
         print(f"driver peak memory at {k:>2}x area ({r['grid'][0]} x {r['grid'][1]} px, {r['tiles']} tiles, "
-              f"{r['entities']} places): {r['driver_peak_mb']} MB (ratio to 1x {r['driver_peak_mb'] / base:.2f})")
+              f"{r['entities']} places{looked}): {r['driver_peak_mb']} MB (ratio to 1x {r['driver_peak_mb'] / base:.2f})")
+    if args.look:
+        return
     m = merge_per_1000()
     print(f"merge: {m['tiles']} tile files of {m['tile_px']} px read and merged into {m['entities']} places in "
           f"{m['seconds']} s = {m['seconds_per_1000_tiles']} s per 1,000 tiles")

@@ -1,9 +1,10 @@
-"""--executor ray on a real local Ray cluster (started here on 127.0.0.1 with 2 CPUs, stopped at the end):
+"""--executor ray on a real local Ray cluster (`ray start --head` on 127.0.0.1 with 2 CPUs, stopped at the end):
 the default engine on the real Porto scene and the tiny VLM + SAM 2 give the local executor's places; a
 worker killed mid-run is retried; a run stopped and resumed gives the same output; the CLI connects to
 the cluster by address."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -24,14 +25,30 @@ PORTO_BBOX = (-8.6165, 41.1445, -8.6120, 41.1480)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A Ray cluster of this machine only: loopback, 2 worker CPUs, a small object store."""
+    """`ray start --head` on this machine: the GCS on 127.0.0.1, 2 CPUs (two worker processes), a small
+    object store; `ray stop` at the end. Token authentication (Ray's default for `ray start`) is off: a
+    driver reads RAY_AUTH_MODE when Ray is imported, before this fixture runs, and the cluster listens on
+    this machine only (the README says how to join a token cluster: RAY_AUTH_MODE=token)."""
     if ray.is_initialized():
         ray.shutdown()
-    ctx = ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
-                   object_store_memory=80 * 2 ** 20, _temp_dir=str(tmp_path_factory.mktemp("ray")),
-                   runtime_env={"env_vars": {"PYTHONPATH": ROOT}}, logging_level="WARNING")
-    yield ctx.address_info["gcs_address"]
-    ray.shutdown()
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = str(tmp_path_factory.mktemp("ray"))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", temp,
+                    "--object-store-memory", str(80 * 2 ** 20), "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=180)
+    address = f"127.0.0.1:{port}"
+    try:
+        ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": ROOT}}, logging_level="WARNING")
+        assert ray.cluster_resources().get("CPU") == 2
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_bin, "stop"], env=env, capture_output=True, timeout=180)
 
 
 def _porto():

@@ -107,8 +107,11 @@ def connect(address: str | None, workers: int):
         else:
             ray.init(num_cpus=workers, include_dashboard=False, runtime_env=env, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        auth = ("; a cluster started by `ray start` uses token authentication (Ray's default): set "
+                "RAY_AUTH_MODE=token here (the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                if address and not os.environ.get("RAY_AUTH_MODE") else "")
         raise InputError(f"cannot reach the Ray cluster at {address} ({str(exc).splitlines()[0]}): start it with "
-                         "`ray start --head` or check --ray-address") from None
+                         f"`ray start --head` or check --ray-address{auth}") from None
     return ray
 
 

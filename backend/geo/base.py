@@ -41,3 +41,26 @@ def cannot_read(path: str, exc: Exception, what: str = "raster") -> InputError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return InputError(f"cannot read {what} {path} ({first}): the file is damaged, truncated or not "
                       "an image GDAL reads; copy or export it again")
+
+
+# --preview and --truth look at the whole area; above this many pixels they look at every k-th pixel
+# (k the smallest step that fits), so the driver's memory stays bounded however large the area.
+WHOLE_AREA_MAX_PIXELS = 3000 * 3000
+
+
+def sample_step(grid: Grid, max_pixels: int | None = None) -> int:
+    """The smallest k such that every k-th pixel of each row and column fits `max_pixels`."""
+    limit = max_pixels or WHOLE_AREA_MAX_PIXELS
+    k = 1
+    while -(-grid.width // k) * -(-grid.height // k) > limit:
+        k += 1
+    return k
+
+
+def sampled_grid(grid: Grid, k: int) -> Grid:
+    """The grid of every k-th pixel: its pixel (j, i) has the centre of `grid`'s pixel (j*k, i*k), so a
+    raster drawn on it (pixel-centre rule) equals `grid`'s raster sliced [::k, ::k]."""
+    if k == 1:
+        return grid
+    t = grid.transform * Affine.translation(0.5 - k / 2, 0.5 - k / 2) * Affine.scale(k)
+    return Grid(grid.crs, t, -(-grid.width // k), -(-grid.height // k))

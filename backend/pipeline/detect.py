@@ -125,6 +125,28 @@ class Scene:
         whole = geo.Tile(0, 0, 0, 0, self.grid.width, self.grid.height)
         return self.read(whole)
 
+    def sampled(self, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`whole()` at every k-th pixel ([::k, ::k]), read in windows of `block` sampled pixels a side:
+        what --preview and --truth look at on an area too large to hold at full resolution."""
+        if k == 1:
+            return self.whole()
+        if self.sources is None:
+            return self.satellite[::k, ::k], self.map_image[::k, ::k], self.valid[::k, ::k]
+        g = geo.sampled_grid(self.grid, k)
+        sat = np.zeros((g.height, g.width, 3), np.uint8)
+        map_rgb = np.zeros((g.height, g.width, 3), np.uint8)
+        valid = np.zeros((g.height, g.width), bool)
+        step = block * k
+        for y0 in range(0, self.grid.height, step):
+            for x0 in range(0, self.grid.width, step):
+                w, h = min(step, self.grid.width - x0), min(step, self.grid.height - y0)
+                parts = self.read(geo.Tile(0, 0, x0, y0, w, h))
+                i, j = y0 // k, x0 // k
+                for whole, part in zip((sat, map_rgb, valid), parts):
+                    sub = part[::k, ::k]
+                    whole[i:i + sub.shape[0], j:j + sub.shape[1]] = sub
+        return sat, map_rgb, valid
+
     def close(self) -> None:
         for src in self.sources or ():
             if hasattr(src, "close"):
@@ -157,7 +179,7 @@ def load_scene(satellite: str, map_path: str, *, crs=None, resolution: float = g
 @dataclass
 class Detection:
     grid: geo.Grid
-    mask: np.ndarray | None          # the whole-area mask, only when keep_mask
+    mask: np.ndarray | None          # the whole-area mask ([::k, ::k] for keep_mask=k), only when keep_mask
     entities: list[Entity]
     tiles: list[TileResult] = field(default_factory=list)
     resumed: int = 0                 # tiles read back from the tile folder instead of computed
@@ -174,7 +196,8 @@ class RunSettings:
     options: PipelineOptions = field(default_factory=PipelineOptions)
     batch_size: int = 1               # tiles per batched model call in process
     concurrency: int | None = None    # tiles in flight to a model server (default: the reasoner's own)
-    keep_mask: bool = False           # build the whole-area mask (--truth, --preview)
+    keep_mask: int = 0                # build the whole-area mask (--truth, --preview): every k-th pixel
+                                      # of it for keep_mask=k (True: all; see geo.sample_step)
     keep_tiles: bool = False          # keep every TileResult in memory (tests, benchmarks)
     dump_dir: str | None = None
     tiles_dir: str | None = None      # finished tiles kept here (OUT.tiles/)

@@ -91,10 +91,11 @@ class BandMerger:
     """Feed `add(record)` every tile's record in any order; `finish()` returns the entities in the
     order a whole-area labelling gives (by each place's first pixel, row-major).
 
-    `keep_mask` also builds the whole-area mask (for --truth and --preview, which need it anyway)."""
+    `keep_mask` also builds the whole-area mask (for --truth and --preview), at every k-th pixel for
+    keep_mask=k, so that its memory is bounded on a large area (geo.sample_step)."""
 
     def __init__(self, grid: geo.Grid, tiles: list[geo.Tile], query: str, task: str | None,
-                 reasoner_name: str, segmenter_name: str, min_area_m2: float = 0.0, keep_mask: bool = False):
+                 reasoner_name: str, segmenter_name: str, min_area_m2: float = 0.0, keep_mask: int = 0):
         self.grid, self.query, self.task = grid, query, task
         self.engines = (reasoner_name, segmenter_name)
         self.min_px = min_area_m2 * units_per_metre(grid.crs) ** 2 / grid.resolution ** 2 if min_area_m2 else 0
@@ -109,7 +110,9 @@ class BandMerger:
         self.live: list[TileRecord] = []                      # records that reach into the band
         self.pieces: list[tuple[int, int, np.ndarray]] = []   # open places above the band: (row, col, mask)
         self.found: list[tuple[tuple[int, int], Entity]] = []
-        self.mask = np.zeros((grid.height, grid.width), bool) if keep_mask else None
+        self.mask_step = int(keep_mask)
+        k = self.mask_step
+        self.mask = np.zeros((-(-grid.height // k), -(-grid.width // k)), bool) if k else None
         self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.dropped = 0
         self.asked = 0               # tiles with data, so put to the reasoner
@@ -221,8 +224,11 @@ class BandMerger:
                     if n:
                         names[name] = names.get(name, 0) + n
         parts.sort(key=lambda rec: (rec.tile.row, rec.tile.col))
-        if self.mask is not None:
-            self.mask[r0:r0 + h, c0:c0 + w] |= comp
+        if self.mask is not None:     # every k-th pixel of the whole-area mask
+            k = self.mask_step
+            i0, j0 = -(-r0 // k), -(-c0 // k)
+            sub = comp[i0 * k - r0::k, j0 * k - c0::k]
+            self.mask[i0:i0 + sub.shape[0], j0:j0 + sub.shape[1]] |= sub
         (geom, _), = polygons(comp.astype(np.int32), self.grid.transform, origin=(r0, c0))
         poly = geom.simplify(0.5 * self.grid.resolution, preserve_topology=True)
         if poly.is_empty:
