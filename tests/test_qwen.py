@@ -6,7 +6,7 @@ import torch
 from backend.engines import build_reasoner, parse_reasoner
 from backend.errors import ModelNotFoundError
 from backend.pipeline.prompts import stage1_prompt
-from backend.reasoners.qwen import DEFAULT_VLM, GenerationSettings
+from backend.reasoners.qwen import DEFAULT_VLM, GenerationSettings, QwenReasoner
 
 
 def test_default_reasoner_spec_names_the_released_model():
@@ -128,3 +128,17 @@ def test_replies_are_decoded_twice_as_released(tiny_models):
     one = r.stage1(TileView("school", None, m, m), "x")
     assert one.shown_text is not None and one.text == tok.decode(tok(one.shown_text)["input_ids"],
                                                                  skip_special_tokens=True)
+
+
+def test_an_answer_cut_at_the_response_budget_says_so(tiny_models):
+    """In process as through a model server: an answer that ran out of tokens carries the note that
+    detection's summary and error name (--max-new-tokens); one that ended on its own does not."""
+    from backend.selftest.run import fitting_examples
+
+    map_rgb, sat, prompt, _ = fitting_examples(tiny_models["scene"])[0]
+    short = build_reasoner(tiny_models["reasoner"], "cpu", GenerationSettings(max_new_tokens=4, do_sample=False))
+    reply, = short.reply_batch([(map_rgb, sat, prompt)])
+    assert reply.notes == ["answer cut at the response budget of 4 tokens (--max-new-tokens)"], reply
+    whole = QwenReasoner.from_loaded(short.model, short.processor, GenerationSettings(max_new_tokens=600, do_sample=False))
+    reply, = whole.reply_batch([(map_rgb, sat, prompt)])
+    assert "</answer>" in reply.text and reply.notes == [], reply

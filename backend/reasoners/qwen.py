@@ -167,7 +167,20 @@ class QwenReasoner(QwenChat):
             out = self.model.generate(**enc, **kwargs, pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
         self.tokens_generated += int((new != tok.pad_token_id).sum())
-        return [decode_reply(tok, row) for row in new]
+        replies = [decode_reply(tok, row) for row in new]
+        budget = self.generation.max_new_tokens
+        if new.shape[1] >= budget:     # a row whose last token is no end is an answer cut at the budget
+            ends = self._end_ids()
+            for reply, row in zip(replies, new):
+                if int(row[-1]) not in ends:
+                    reply.notes.append(f"answer cut at the response budget of {budget} tokens (--max-new-tokens)")
+        return replies
+
+    def _end_ids(self) -> set[int]:
+        tok = self.processor.tokenizer
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = ids if isinstance(ids, (list, tuple)) else [ids]
+        return {int(i) for i in (*ids, tok.eos_token_id, tok.pad_token_id) if i is not None}
 
     def generate(self, map_image: np.ndarray, sat_image: np.ndarray, text: str) -> str:
         return self.generate_batch([(map_image, sat_image, text)])[0]
