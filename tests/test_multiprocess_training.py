@@ -4,8 +4,11 @@
 What is checked: both ranks run (the data is sharded: each SFT rank sees half the tokens), the steps
 complete, the final model is written once, and the SFT loss agrees with one process on the same 4
 examples per step to within the difference of averaging the loss per rank rather than over all tokens.
-NOT checked (not yet true here): identical GRPO rollouts and rewards to a one-process run; the two
-runs draw their samples from different random streams.
+GRPO with the released sampling draws its rollouts from each rank's own random stream, so its
+rewards are compared with one process under top-k 1 (every rollout the most likely answer, whatever
+the stream): two samples that score differently, one on each rank, give the one-process run's rewards
+(the loss is zero in both then: identical rollouts of a group have no advantage, so the loss's equality
+is not the point; the rewards gathered from both ranks are).
 """
 import json
 import os
@@ -38,7 +41,9 @@ def setup(tmp_path_factory):
     (sample,) = os.listdir(root / "one" / "train")
     for name in ("a", "b"):
         shutil.copytree(root / "one" / "train" / sample, root / "data" / "train" / name)
-    return {"model": str(root / "vlm"), "segmenter": f"sam2:{root / 'sam2'}", "data": str(root / "data")}
+    write_socioseg(str(root / "two"), 2, "train", seed=12)      # two different samples
+    return {"model": str(root / "vlm"), "segmenter": f"sam2:{root / 'sam2'}", "data": str(root / "data"),
+            "two_samples": str(root / "two")}
 
 
 def _port() -> int:
@@ -95,3 +100,32 @@ def test_sft_two_processes_shard_the_data_and_agree_with_one(setup, tmp_path):
     assert b["num_tokens"] == a["num_tokens"] / 2          # rank 0 saw half of the step's examples
     assert b["loss"] == pytest.approx(a["loss"], rel=0.05)
     assert os.path.isfile(os.path.join(two, "final", "config.json"))
+
+
+def test_grpo_two_processes_score_as_one_when_rollouts_do_not_depend_on_the_stream(tiny_models, town_socioseg,
+                                                                                   tmp_path):
+    """The self-test's fitted tiny VLM (it answers in the released format on the sample tile) on two
+    samples that score differently: the sample tile, and the same tile mirrored (its answer then misses)."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data" / "train"
+    shutil.copytree(os.path.join(town_socioseg, "train", "town_0"), data / "a")
+    shutil.copytree(os.path.join(town_socioseg, "train", "town_0"), data / "b")
+    for name in ("map.png", "sat.png", "mask.png"):
+        Image.fromarray(np.asarray(Image.open(data / "b" / name))[:, ::-1].copy()).save(data / "b" / name)
+    common = ["--model", tiny_models["reasoner"].split(":", 1)[1], "--segmenter", tiny_models["sam2"],
+              "--data", str(tmp_path / "data"), "--num-generations", "2", "--max-completion-length", "160",
+              "--max-steps", "1", "--save-steps", "1", "--eval-steps", "0", "--device", "cpu", "--seed", "0",
+              "--rollout-prompts", "2", "--top-k", "1"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    _run("training.grpo", [*common, "--output", one], 1)
+    _run("training.grpo", [*common, "--output", two], 2)
+    (a,), (b,) = _history(one, 1), _history(two, 1)
+    scored = lambda h: sorted(k for k in h if ("reward" in k or k == "mask_iou") and not k.startswith("seconds"))
+    rewards = scored(a)
+    assert rewards == scored(b) and len(rewards) >= 4, rewards
+    assert a["stage1/reward_format"] > 0 and 0 < a["mask_iou"] < 1, a     # the fitted answers parse; one sample misses
+    for k in rewards:
+        assert b[k] == pytest.approx(a[k], abs=1e-6), (k, a[k], b[k])
+    assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
