@@ -10,7 +10,8 @@ The scene folder the plugin writes and the worker reads:
                     model-server options (never its API key: that is in the worker's environment,
                     API_KEY_ENV), and the names of the files below (relative to the folder)
     satellite.tif   RGBA GeoTIFF on the grid (alpha 0 = no data), rendered by QGIS tile by tile
-    map.tif         RGBA GeoTIFF on the grid: the map layers as QGIS draws them
+    map.tif         RGBA GeoTIFF on the grid: the map layers as QGIS draws them (a group with an XYZ
+                    layer: at the tiles' own pixels in EPSG:3857, read onto the grid by the worker)
     features.gpkg   optional: the vector map layers' features over the area, in the grid's CRS
     result.json     a `SceneResult`, written by the worker (atomically) when it succeeds
 

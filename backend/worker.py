@@ -16,9 +16,11 @@ from . import contract
 from .errors import InputError, SocioSegError
 
 
-def _open_on_grid(path: str, grid, what: str, use_mask: bool = True):
+def _open_on_grid(path: str, grid, what: str, use_mask: bool = True, own_lattice: bool = False):
     """A GeoTIFF written on `grid` (RGB, or RGBA with alpha 0 = no data), opened for reading tile
-    windows (backend/geo/window.py); every failure names the file."""
+    windows (backend/geo/window.py); every failure names the file. With `own_lattice`, a georeferenced
+    file on its own pixels (an XYZ map captured at its tiles' pixels in Web Mercator) is read onto the
+    grid here, as the CLI reads any map file."""
     import rasterio
     from rasterio.enums import Resampling
 
@@ -29,7 +31,8 @@ def _open_on_grid(path: str, grid, what: str, use_mask: bool = True):
 
     try:
         with rasterio.open(path) as src:
-            if (src.width, src.height) != (grid.width, grid.height) or src.count not in (3, 4):
+            elsewhere = own_lattice and src.crs is not None and (src.crs != grid.crs or src.transform != grid.transform)
+            if (not elsewhere and (src.width, src.height) != (grid.width, grid.height)) or src.count not in (3, 4):
                 raise contract.RequestError(
                     f"the {what} image {path} is {src.width} x {src.height} px with {src.count} bands, "
                     f"not the request's {grid.width} x {grid.height} RGB(A) grid: run again")
@@ -62,7 +65,7 @@ def load_scene_folder(folder: str, req: contract.SceneRequest):
     try:
         if not sat.any_valid():
             raise InputError("the satellite layer has no pixels in this area: choose another Area or Satellite layer")
-        map_src = _open_on_grid(map_path, grid, "map", use_mask=req.map_masks_coverage)
+        map_src = _open_on_grid(map_path, grid, "map", use_mask=req.map_masks_coverage, own_lattice=True)
         if req.map_masks_coverage and not any_valid_both(sat, map_src):
             map_src.close()
             raise InputError("the map layers have no pixels where the satellite layer has: choose map layers "

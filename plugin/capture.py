@@ -3,9 +3,10 @@
 Each layer group is rendered by QGIS block by block (one QgsMapSettings per block extent) straight into
 a GeoTIFF on the grid, so no whole-area image is ever held in QGIS's memory, and a cancel is honoured
 between blocks. A map group with an XYZ tile layer (QGIS's standard OpenStreetMap layer) is rendered at
-the tiles' own pixels in Web Mercator and then resampled onto the grid with nearest neighbour: QGIS
-draws XYZ tiles smoothed wherever it scales them, which blends the legend's exact colours and the
-labels' strokes the map reader reads. The block's georeference is read back from the rendered settings' visibleExtent()
+the tiles' own pixels in Web Mercator and kept so for detection (the backend reads it at those pixels,
+as it reads a map file given to the CLI; elsewhere it is resampled onto the grid with nearest
+neighbour): QGIS draws XYZ tiles smoothed wherever it scales them, which blends the legend's exact
+colours and the labels' strokes the map reader reads. The block's georeference is read back from the rendered settings' visibleExtent()
 (QGIS widens an extent to the output's aspect ratio) and checked against the grid. Vector map layers
 also go to a GeoPackage (QGIS's own writer), reprojected to the grid's CRS, for the map reader.
 
@@ -179,15 +180,21 @@ def tile_grid(grid, crs, zooms):
                     (res, 0.0, c0 * res - MERCATOR_HALF, 0.0, -res, MERCATOR_HALF - r0 * res), c1 - c0, r1 - r0)
 
 
-def render_map_to_geotiff(layers, grid, crs, path: str, background=None, progress=None, cancel=None) -> bool:
+def render_map_to_geotiff(layers, grid, crs, path: str, background=None, progress=None, cancel=None,
+                          on_grid: bool = True) -> bool:
     """render_to_geotiff, except that a group with an XYZ tile layer is rendered at the tiles' own
-    pixels and then resampled onto the grid with nearest neighbour (see the module docstring)."""
+    pixels and then resampled onto the grid with nearest neighbour (see the module docstring). With
+    `on_grid=False` that group stays at the tiles' own pixels in Web Mercator: the backend reads such
+    a map at its own pixels (the map reader) and onto the grid itself (the model's view)."""
     zooms = next((z for z in map(xyz_zooms, layers) if z is not None), None)
     if zooms is None:
         return render_to_geotiff(layers, grid, crs, path, background, progress, cancel)
     from osgeo import gdal
 
     native = tile_grid(grid, crs, zooms)
+    if not on_grid:
+        return render_to_geotiff(layers, native, QgsCoordinateReferenceSystem("EPSG:3857"), path, background,
+                                 progress, cancel)
     tmp = path + ".tiles.tif"
     try:
         drawn = render_to_geotiff(layers, native, QgsCoordinateReferenceSystem("EPSG:3857"), tmp, background,
@@ -267,7 +274,7 @@ def capture_scene(folder: str, sat_layer, map_layers: list, extent: QgsRectangle
     if not drawn:
         raise InputError(f"the Satellite layer '{sat_layer.name()}' has no pixels in this Area")
     drawn = render_map_to_geotiff(_tree_order(map_layers), grid, crs, os.path.join(folder, contract.MAP_FILE),
-                                  CARTO_BACKGROUND if all_vector else None, step(0.45, 0.9), cancel)
+                                  CARTO_BACKGROUND if all_vector else None, step(0.45, 0.9), cancel, on_grid=False)
     if not drawn:
         raise InputError("the Map layers have no pixels in this Area")
     features = None
