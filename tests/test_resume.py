@@ -280,6 +280,13 @@ def test_the_lock_is_released_when_a_run_fails(sample_dir, tmp_path):
                        resolution=2.0, tile_size=512, overlap=64)
     with pytest.raises(Cancelled):
         detect(scene, "schools", MapReader(), FillBoxSegmenter(), tiles_dir=store, cancel=lambda: True)
+    assert not os.path.exists(store)       # stopped before any tile finished: no folder left beside --out
+    calls = []
+    with pytest.raises(Cancelled):         # stopped after two tiles: they stay for --resume
+        detect(scene, "schools", MapReader(), FillBoxSegmenter(), tiles_dir=store,
+               cancel=lambda: calls.append(1) or len([n for n in os.listdir(store) if n.endswith(".npz")]) >= 2)
+    assert len([n for n in os.listdir(store) if n.endswith(".npz")]) >= 2
+    shutil.rmtree(store)
     TileStore(store, {"a": 1}, resume=False).close()      # not "another run is writing"
     t0 = time.perf_counter()
     TileStore(store, {"a": 1}, resume=False).close()

@@ -152,7 +152,7 @@ class RayExecutor:
         try:
             self._execute(ray, run, progress, cancel)
         except BaseException:
-            run.close()
+            run.abandon()
             self.shutdown()
             raise
         self.shutdown()

@@ -275,6 +275,11 @@ class RunPlan:
         if self.store is not None:
             self.store.close()
 
+    def abandon(self) -> None:
+        """The run failed or was stopped: finished tiles stay for --resume; with none, no tile folder."""
+        if self.store is not None:
+            self.store.discard_if_empty()
+
 
 def plan(scene: Scene, settings: RunSettings, facts: EngineFacts,
          progress: Progress | None = None) -> RunPlan:
@@ -408,7 +413,7 @@ def detect(scene: Scene, query: str | RunSettings, reasoner, segmenter, task: st
     try:
         run_local(run, reasoner, segmenter, progress, cancel)
     except BaseException:
-        run.close()
+        run.abandon()
         raise
     if progress:
         progress(1.0, "merging tiles")

@@ -154,6 +154,21 @@ class TileStore:
             os.close(self._lock_fd)        # releases the flock
             self._lock_fd = None
 
+    def discard_if_empty(self) -> None:
+        """After a run that failed before any tile finished: nothing to resume, so no folder is left
+        beside --out (removed while the lock is still held)."""
+        if self._lock_fd is not None and not self.finished():
+            for name in (REQUEST, REQUEST + ".part", LOCK):
+                try:
+                    os.remove(os.path.join(self.folder, name))
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rmdir(self.folder)
+            except OSError:      # something else was put there: leave it
+                pass
+        self.close()
+
     def _open(self, meta: str, key: dict, resume: bool) -> None:
         if os.path.isfile(meta):
             try:
