@@ -16,8 +16,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform_bounds
 
 from ..errors import InputError
-from .base import (TABLE_EXTENSIONS, WHOLE_AREA_MAX_PIXELS, Grid, cannot_read as _cannot_read,  # noqa: F401
-                   sample_step, sampled_grid)
+from .base import TABLE_EXTENSIONS, Grid, cannot_read as _cannot_read, sampled_grid  # noqa: F401
 from .tiles import DEFAULT_MAX_TILES, DEFAULT_OVERLAP, DEFAULT_TILE, Tile, tile_layout  # noqa: F401
 
 log = logging.getLogger(__name__)

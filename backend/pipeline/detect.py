@@ -197,7 +197,7 @@ class RunSettings:
     batch_size: int = 1               # tiles per batched model call in process
     concurrency: int | None = None    # tiles in flight to a model server (default: the reasoner's own)
     keep_mask: int = 0                # build the whole-area mask (--truth, --preview): every k-th pixel
-                                      # of it for keep_mask=k (True: all; see geo.sample_step)
+                                      # of it for keep_mask=k (True: all; see geo.base.sample_step)
     keep_tiles: bool = False          # keep every TileResult in memory (tests, benchmarks)
     dump_dir: str | None = None
     tiles_dir: str | None = None      # finished tiles kept here (OUT.tiles/)

@@ -92,7 +92,7 @@ class BandMerger:
     order a whole-area labelling gives (by each place's first pixel, row-major).
 
     `keep_mask` also builds the whole-area mask (for --truth and --preview), at every k-th pixel for
-    keep_mask=k, so that its memory is bounded on a large area (geo.sample_step)."""
+    keep_mask=k, so that its memory is bounded on a large area (geo.base.sample_step)."""
 
     def __init__(self, grid: geo.Grid, tiles: list[geo.Tile], query: str, task: str | None,
                  reasoner_name: str, segmenter_name: str, min_area_m2: float = 0.0, keep_mask: int = 0):
