@@ -34,6 +34,7 @@ OVERRIDABLE = {
     "ROAD_M": (_legend, "roads this wide inside a place are part of it"),
     "MARK_REACH_M": (_legend, "a label this near a shared-fill region speaks for it"),
     "UNIT_SHARE": (_legend, "share of a building near the evidence for it to join"),
+    "UNIT_RING": (_legend, "share of a building's outline on the fill, where only a fill speaks for it (0: off)"),
     "WORK_M": (_mapreader, "metres per pixel the raster is read at"),
 }
 # The default grid: small (2 CPU cores shared by 8 people), on the two constants that decide how far a

@@ -151,3 +151,35 @@ def test_a_red_name_written_at_the_edge_of_the_fill_still_marks_it(legend):
     _word(img, 30, 49, HEALTH)
     colours, _ = legend.colours_for(SCHOOLS)
     assert not place_mask(img, legend, colours, 1.0, legend.label_colours(SCHOOLS)).any()
+
+
+def _park_street(fill):
+    """A park (or a school's grounds) in the west of a street block, a church built against it in the
+    east with lanes round its other sides, a pavilion standing by a pond inside; 1 px = 1 m. Carto
+    outlines every building."""
+    img = np.zeros((100, 140, 3), np.uint8)
+    img[:] = ROAD
+    img[10:90, 10:130] = LAND
+    img[10:90, 10:80] = fill
+    img[40:52, 52:66] = hex_rgb("#aad3df")      # a pond ...
+    img[30:40, 54:64] = BUILDING                # ... and a pavilion on its shore, the park around it
+    img[14:76, 80:102] = ROAD                   # the church, its west wall on the fill, streets round the rest
+    img[20:70, 80:96] = BUILDING
+    for y0, y1, x0, x1 in ((30, 40, 54, 64), (20, 70, 80, 96)):
+        img[y0 - 1:y1 + 1, x0 - 1:x1 + 1][[0, -1], :] = hex_rgb("#c4b6ab")
+        img[y0 - 1:y1 + 1, x0 - 1:x1 + 1][:, [0, -1]] = hex_rgb("#c4b6ab")
+    return img
+
+
+def test_a_park_holds_the_pavilion_in_it_but_not_the_church_beside_it(legend):
+    colours, _ = legend.colours_for(["park"])
+    park = place_mask(_park_street(hex_rgb("#c8facc")), legend, colours, 1.0, legend.label_colours(["park"]))
+    assert park[31:39, 55:63].all()             # the pavilion, in the park on every side but the pond's
+    assert not park[22:68, 82:94].any()         # the church only touches it on one side
+
+
+def test_a_school_keeps_a_building_its_grounds_touch_on_one_side(legend):
+    # a school's fill shows between its buildings, often on one side of them only: not open land
+    colours, _ = legend.colours_for(SCHOOLS)
+    school = place_mask(_park_street(FILL), legend, colours, 1.0, legend.label_colours(SCHOOLS))
+    assert school[22:68, 82:94].all()

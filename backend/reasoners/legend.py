@@ -11,7 +11,8 @@ only their name in the class's label colour. So fills and labels are evidence, n
    place when it lies nearer to the evidence for it than (by FAVOUR) to the evidence against it,
    within REACH_FILL_M of a fill (where a place's fill shows, it shows wherever nothing covers it)
    or REACH_M of a label (a label is all that some places show); a building with the lawns and
-   yards it touches ('unit' colours: a house and its garden) joins or stays out as a whole; roads
+   yards it touches ('unit' colours: a house and its garden) joins or stays out as a whole, and
+   open land ('open': a park) holds a building only where it lies around it (UNIT_RING); roads
    up to ROAD_M wide with the place on both sides (a campus's service roads) are part of it;
    a label's growth is stopped by land use only, not by the neutral greys that outlines and road
    casings blend into (no Carto land-use fill is a neutral grey; a campus is full of them), while
@@ -22,7 +23,8 @@ only their name in the class's label colour. So fills and labels are evidence, n
    within MARK_REACH_M counts, as a label's white halo reads as road and cuts it off its region);
 4. gaps are bridged, holes filled, and fragments a few metres apart are grouped into one place.
 The constants were chosen on the real Porto render and the later rules checked on London, Moscow and
-Copenhagen too (the project README gives the scores), so all four scenes' numbers are in-sample.
+Copenhagen too (the project README gives the scores), so all four scenes' numbers are in-sample;
+UNIT_RING was chosen leave-one-city-out on seven cities (benchmarks/real_maps.py --leave-one-out).
 Lengths are in metres of ground at the map's scale, read at about 1 m per pixel (MapReader.WORK_M).
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ BRIDGE_M = 5.0          # gaps this wide through a place (paths, label strokes) 
 GROUP_M = 12.0          # fragments closer than this are one place
 SEAL_M = 2.0            # gaps this wide in a road (its name written over it) are still road
 UNIT_SHARE = 0.5        # a building joins when this share of it lies near the evidence
+UNIT_RING = 0.5         # ... and, for an open fill (a park), this share of its outline touches what the place holds
 ROAD_M = 8.0            # a road this wide between two parts of a place is part of it
 MARK_REACH_M = 4.0      # a label or mark this near a region of a shared fill speaks for it
 FILL_SURE_M2 = 25.0     # a fill says its classes where at least this much of it shows in a place
@@ -90,6 +93,8 @@ class Legend:
             self.outside = [hex_rgb(k) for k in data.get("outside", {})]
             self.barriers = [hex_rgb(k) for k in data.get("barriers", {})]
             self.units = [hex_rgb(k) for k in data.get("units", {})]
+            self.open = [hex_rgb(k) for k in data.get("open", {})]
+            self.buildings = [hex_rgb(k) for k in data.get("buildings", {})]
             self.labels = {hex_rgb(k): list(v) for k, v in data.get("labels", {}).items()}
             self.marks = {hex_rgb(k): list(v) for k, v in data.get("marks", {}).items()}
             self.tolerance = int(data.get("tolerance", 6))
@@ -214,7 +219,9 @@ def place_mask(img: np.ndarray, legend: Legend, seeds, pixel_m: float, labels=((
     evidence = seed | words
     if not evidence.any():
         return answer(evidence)
-    place = _grow(img, legend, cat, seed, words, ((cat == OUTSIDE) | theirs) & ~evidence, pixel_m) & ~(theirs & ~evidence)
+    is_open = bool(seeds) and all(tuple(c) in legend.open for c in seeds)
+    place = _grow(img, legend, cat, seed, words, ((cat == OUTSIDE) | theirs) & ~evidence, pixel_m,
+                  is_open=is_open) & ~(theirs & ~evidence)
     place = ndimage.binary_fill_holes(_close(place, bridge) | place)
     return answer(ndimage.binary_opening(place, _disk(bridge)))
 
@@ -276,11 +283,12 @@ class Judge:
 
 
 def _grow(img: Colours, legend: Legend, cat: np.ndarray, seed: np.ndarray, words, against: np.ndarray, pixel_m: float,
-          fill_reach: float | None = None):
+          fill_reach: float | None = None, is_open: bool = False):
     """Steps 1-2 of the module docstring: the evidence and what lies nearer to it than to the evidence
     against, within its street blocks. A fill reaches less far than a label: where a place's fill
     shows, it shows wherever nothing covers it."""
     near = np.zeros(cat.shape, bool)
+    by_label = np.zeros(cat.shape, bool)
     evidence = seed.copy()
     for found, reach, is_label in ((seed, fill_reach or REACH_FILL_M, False), (words, REACH_M, True)):
         if found is None or not found.any():
@@ -289,7 +297,10 @@ def _grow(img: Colours, legend: Legend, cat: np.ndarray, seed: np.ndarray, words
         stop = against & ~_blends(img, legend) if is_label else against
         d_for = ndimage.distance_transform_edt(~found)
         d_against = ndimage.distance_transform_edt(~stop) if stop.any() else np.inf
-        near |= (d_for < FAVOUR * d_against) & (d_for * pixel_m <= reach)
+        reached = (d_for < FAVOUR * d_against) & (d_for * pixel_m <= reach)
+        near |= reached
+        if is_label:
+            by_label = reached
         evidence |= found
     near &= (cat != OUTSIDE) & (cat != BARRIER)
     if legend.units:
@@ -297,8 +308,29 @@ def _grow(img: Colours, legend: Legend, cat: np.ndarray, seed: np.ndarray, words
         # not: it goes the way most of its pixels go.
         units, n = ndimage.label(img.within(legend.units, legend.tolerance))
         if n:
-            share = np.concatenate([[0.0], ndimage.mean(near, units, np.arange(1, n + 1))])
-            near = np.where(units > 0, share[units] >= UNIT_SHARE, near)
+            idx = np.arange(1, n + 1)
+            join = ndimage.mean(near, units, idx) >= UNIT_SHARE
+            if UNIT_RING > 0 and is_open and legend.buildings and seed.any():
+                # Open land (a park) holds a building only where it lies around it: a church beside
+                # a park is near the park's fill but not in it, a pavilion by its pond is. Where no
+                # label speaks for a building, enough of its outline must touch the fill or what
+                # the park holds (water, trees, a playground), not one side of it. Lawns and yards
+                # are not held to this. Schools are not open: their fill shows between their
+                # buildings, often on one side only.
+                walls = img.within(legend.buildings, legend.tolerance)
+                building = ndimage.mean(walls, units, idx) >= 0.5
+                r = max(2, int(round(2.5 / pixel_m)))
+                ring = np.where(units == 0, ndimage.grey_dilation(units, footprint=_disk(r)), 0)
+                # what the park holds besides its fill (a pond, trees, a playground), not the
+                # outlines drawn around buildings
+                held = (cat == INSIDE) & (units == 0) & ~ndimage.binary_dilation(walls, _disk(2))
+                on = ndimage.binary_dilation(seed | held, _disk(1))
+                around = np.bincount(ring.ravel(), minlength=n + 1)[1:]
+                touched = np.bincount(ring.ravel(), weights=on.ravel(), minlength=n + 1)[1:]
+                touch = np.divide(touched, around, out=np.zeros(n), where=around > 0)
+                labelled = ndimage.mean(by_label, units, idx) >= UNIT_SHARE
+                join &= ~building | labelled | (touch >= UNIT_RING)
+            near = np.where(units > 0, np.concatenate([[False], join])[units], near)
     place = evidence | near
     # Street blocks (between barriers) without evidence stay out: a place does not cross the road.
     # Road names and icons drawn over a road must not join the blocks on either side.
