@@ -2,14 +2,17 @@
 
     .venv/bin/python benchmarks/carto_ceiling.py [--data DIR ...] [--queries parks educational]
 
-For every truth polygon of the asked classes, inside the scene: does the map draw any evidence for the
-class on it: its class fill (at least legend.FILL_SURE_M2 of it showing inside the polygon) or a word in
-the class's label colour on it or within legend.MARK_REACH_M? A place with neither is drawn like
-anything else (Munich's schools are plain buildings; two of its parks are drawn as grass), so no reader
-of that map can find it from the map. The share of truth area that has evidence is the recall a
-perfect reader could reach, and with perfect precision also its IoU: an upper bound for the map,
-independent of the reader's rules and constants. Colours and label sizes are the reader's
-(resources/legends/osm_carto.json, backend/reasoners/legend.py); the map is read at its own pixels.
+For every truth polygon of the asked classes, inside the scene: does the map draw any sign of the class
+on it: its class fill (at least legend.FILL_SURE_M2 of it showing inside the polygon) or a word in the
+class's label colour on it or within legend.MARK_REACH_M? A place with neither is drawn like anything
+else (Munich's schools are plain buildings; two of its parks are drawn as grass). A reader can cover
+such a place only by growing a neighbouring shown place into it (Copenhagen's campus buildings), and
+not at all where the place lies farther than the reader's reach (legend.REACH_M) from every sign of
+the class. Printed per scene and query: the share of truth area the map shows, and the share that is
+unshown and out of reach: 1 minus it is the most recall (and, with perfect precision, IoU) this reader
+can reach on that map, and any reader that does not take other classes' fills for this one. Colours
+and label sizes are the reader's (resources/legends/osm_carto.json, backend/reasoners/legend.py); the
+map is read at its own pixels.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from backend.reasoners import legend as lg  # noqa: E402
 from backend.resources import resource  # noqa: E402
 
 
-def ceiling(data: str, query: str, classes) -> dict:
+def ceiling(data: str, query: str, classes, reach_m: float = None) -> dict:
+    reach_m = lg.REACH_M if reach_m is None else reach_m
     with rasterio.open(os.path.join(data, "map_carto.tif")) as ds:
         img = ds.read([1, 2, 3]).transpose(1, 2, 0)
         transform, crs = ds.transform, ds.crs
@@ -51,18 +55,24 @@ def ceiling(data: str, query: str, classes) -> dict:
     truths = truth_geoms(os.path.join(data, "truth.geojson"), crs)
     places = [g.intersection(area) for c in classes for g in truths.get(c, [])]
     places = [g for g in places if g.area > 0]
-    rows, shown, total = [], 0.0, 0.0
+    # how far each pixel lies from any sign of the class: a reader that grows a place from what the
+    # map shows can cover an unshown place only by growing into it from a shown one nearby
+    sign = fill | near_words
+    away = ndimage.distance_transform_edt(~sign) * pixel_m if sign.any() else np.full(img.shape[:2], np.inf)
+    n_shown, shown, far, total = 0, 0.0, 0.0, 0.0
     for g in places:
         m = rasterio.features.rasterize([g], img.shape[:2], transform=transform, all_touched=False) > 0
+        if not m.any():
+            continue
         a = g.area / metre ** 2
-        f = (fill & m).sum() * pixel_m ** 2
-        w = bool((near_words & m).any())
-        ok = f >= lg.FILL_SURE_M2 or w
+        ok = (fill & m).sum() * pixel_m ** 2 >= lg.FILL_SURE_M2 or bool((near_words & m).any())
         total += a
+        n_shown += ok
         shown += a if ok else 0.0
-        rows.append((a, f, w, ok))
-    return {"places": len(places), "shown": sum(r[3] for r in rows), "area": total,
-            "bound": shown / total if total else float("nan")}
+        far += a if not ok and away[m].min() > reach_m else 0.0
+    return {"places": len(places), "shown": n_shown, "area": total,
+            "shown_share": shown / total if total else float("nan"),
+            "far_share": far / total if total else float("nan")}
 
 
 def main() -> int:
@@ -80,14 +90,15 @@ def main() -> int:
     if bad:
         print(f"--queries: {', '.join(bad)} unknown; one of {', '.join(cases)}", file=sys.stderr)
         return 2
-    print("| scene | query | truth places | shown by the map | truth area m2 | upper bound on recall and IoU |\n"
-          "|---|---|---|---|---|---|")
+    print("| scene | query | truth places | shown by the map | truth area m2 | area shown | area unshown and out of "
+          "reach | most recall |\n|---|---|---|---|---|---|---|---|")
     for s in scenes:
         name = os.path.basename(s.rstrip("/")) if os.path.basename(s.rstrip("/")) != "out" else \
             os.path.basename(os.path.dirname(s.rstrip("/")))
         for q in args.queries:
             r = ceiling(s, q, cases[q])
-            print(f"| {name} | {q} | {r['places']} | {r['shown']} | {r['area']:.0f} | {r['bound']:.2f} |", flush=True)
+            print(f"| {name} | {q} | {r['places']} | {r['shown']} | {r['area']:.0f} | {r['shown_share']:.2f} | "
+                  f"{r['far_share']:.2f} | {1 - r['far_share']:.2f} |", flush=True)
     return 0
 
 
