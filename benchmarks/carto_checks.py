@@ -11,7 +11,8 @@ area precision (the share of their area inside the truth of the asked classes), 
 features hold no truth of the asked classes at all (a confident wrong place). The truth has areas only;
 a place that OSM maps as a point (a school as a node, labelled on the map) has no area there, so a
 certain feature holding such a node of the asked classes (from the scene's own map.gpkg) is counted
-apart: found, but not scorable by area.
+apart: found, but not scorable by area; so is a certain fragment within MARK_M of a truth area of the
+asked classes (a piece of a true place cut off by a path or a label).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from backend.reasoners.mapreader import MapReader  # noqa: E402
 from backend.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
 
 EDGE_M = 10.0
-MARK_M = 10.0    # a node this near a place is its node (a label is written beside or over its node)
+MARK_M = 10.0    # a node this near a place is its node (a label is written beside or over its node); a
+                 # fragment this near a truth area is a piece of that place
 # the OSM tags of the truth classes (benchmarks/realdata/make/truth.py), to find places mapped as points
 POINT_TAGS = {"school": ("amenity", "school"), "university": ("amenity", "university"),
               "college": ("amenity", "college"), "kindergarten": ("amenity", "kindergarten"),
@@ -104,8 +106,8 @@ def consistency(data: str, queries) -> None:
 
 def certain(data: str, resolution: float, map_name: str) -> None:
     print(f"\nmap {map_name}, {resolution:g} m/px")
-    print("| query | features | certain | certain area precision | certain on a truth point only | certain with no truth |"
-          " all area precision |\n|---|---|---|---|---|---|---|")
+    print("| query | features | certain | certain area precision | certain beside a truth area | certain on a truth "
+          "point only | certain with no truth | all area precision |\n|---|---|---|---|---|---|---|---|")
     for query, task, classes in CASES:
         feats, grid, _, _ = run(data, query, task, resolution, 0.0, map_name)
         truths = truth_geoms(os.path.join(data, "truth.geojson"), grid.crs)
@@ -113,13 +115,15 @@ def certain(data: str, resolution: float, map_name: str) -> None:
         sure = [g for g, a in feats if a.get("certain") == 1]
         points = truth_points(data, classes, grid.crs)
         unscored = [g for g in sure if g.intersection(truth).area < 0.05 * g.area]
-        wrong = sum(1 for g in unscored if not any(g.buffer(MARK_M).contains(p) for p in points))
+        beside = [g for g in unscored if g.distance(truth) <= MARK_M]
+        on_point = [g for g in unscored if g.distance(truth) > MARK_M and any(g.buffer(MARK_M).contains(p) for p in points)]
+        wrong = len(unscored) - len(beside) - len(on_point)
         area = sum(g.area for g in sure)
         prec = sum(g.intersection(truth).area for g in sure) / area if area else float("nan")
         all_area = sum(g.area for g, _ in feats)
         all_prec = sum(g.intersection(truth).area for g, _ in feats) / all_area if all_area else float("nan")
-        print(f"| {query} | {len(feats)} | {len(sure)} | {prec:.2f} | {len(unscored) - wrong} | {wrong} | {all_prec:.2f} |",
-              flush=True)
+        print(f"| {query} | {len(feats)} | {len(sure)} | {prec:.2f} | {len(beside)} | {len(on_point)} | {wrong} | "
+              f"{all_prec:.2f} |", flush=True)
         for g, a in feats:
             hit = g.intersection(truth).area / g.area if g.area else 0
             print(f"    {a.get('certain')} {hit:.2f} {round(g.area):7d} m2  {a.get('name')!r}  {a.get('evidence', '')!r}",
