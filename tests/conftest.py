@@ -16,15 +16,35 @@ def sample_dir():
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """Tiny Qwen2.5-VL (fitted to answer on the sample tile), SAM 2 and SAM, saved like real ones."""
-    from backend.selftest.run import fitting_examples, sample_scene
-    from backend.selftest.tiny import save_models
+def selftest_run(tmp_path_factory):
+    """`python -m backend selftest --models-dir M --dump D`, once per session: its exit code and
+    printed report (test_selftest.py checks them), and the tiny models it builds and keeps, which
+    the other tests use (building them is most of its minute)."""
+    import contextlib
+    import io
 
-    scene = sample_scene()
-    specs = save_models(str(tmp_path_factory.mktemp("models")), fitting_examples(scene))
-    specs["scene"] = scene
-    return specs
+    from backend.cli import main
+
+    root = tmp_path_factory.mktemp("selftest")
+    models, dump = root / "models", root / "dump"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["selftest", "--models-dir", str(models), "--dump", str(dump)])
+    return {"rc": rc, "out": out.getvalue(), "models": models, "dump": dump}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(selftest_run):
+    """Tiny Qwen2.5-VL (fitted to answer on the sample tile), SAM 2, SAM and SAM 3, saved like real
+    ones: the self-test's (backend.selftest.tiny.save_models with the sample tile's examples)."""
+    from backend.selftest.run import sample_scene
+
+    m = selftest_run["models"]
+    if not (m / "vlm" / "config.json").exists():
+        pytest.fail(f"the self-test did not leave its models in {m}:\n{selftest_run['out']}")
+    return {"reasoner": f"qwen:{m / 'vlm'}", "sam2": f"sam2:{m / 'sam2'}",
+            "sam": f"sam:vit_tiny:{m / 'sam' / 'sam_vit_tiny.pth'}", "sam3": f"sam3:{m / 'sam3'}",
+            "scene": sample_scene()}
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,7 @@
-from backend.cli import main
-
-
-def test_selftest_passes_and_keeps_models(tmp_path, capsys):
-    models, dump = tmp_path / "models", tmp_path / "dump"
-    assert main(["selftest", "--models-dir", str(models), "--dump", str(dump)]) == 0
-    out = capsys.readouterr().out
+def test_selftest_passes_and_keeps_models(selftest_run):
+    # the run itself is conftest's session fixture: its models are the other tests' tiny models
+    models, dump, out = selftest_run["models"], selftest_run["dump"], selftest_run["out"]
+    assert selftest_run["rc"] == 0, out
     assert "FAIL" not in out and out.count("PASS") == 15
     assert (models / "vlm" / "config.json").exists() and (models / "sam2" / "config.json").exists()
     assert (models / "sam" / "sam_vit_tiny.pth").exists()
