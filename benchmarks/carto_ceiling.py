@@ -35,8 +35,7 @@ from backend.reasoners import legend as lg  # noqa: E402
 from backend.resources import resource  # noqa: E402
 
 
-def ceiling(data: str, query: str, classes, reach_m: float = None) -> dict:
-    reach_m = lg.REACH_M if reach_m is None else reach_m
+def ceiling(data: str, query: str, classes) -> dict:
     with rasterio.open(os.path.join(data, "map_carto.tif")) as ds:
         img = ds.read([1, 2, 3]).transpose(1, 2, 0)
         transform, crs = ds.transform, ds.crs
@@ -47,30 +46,29 @@ def ceiling(data: str, query: str, classes, reach_m: float = None) -> dict:
     legend = lg.Legend(resource("legends", "osm_carto.json"))
     colours = lg.Colours(img)
     fills, _ = legend.colours_for(classes)
-    fill = ndimage.binary_opening(colours.within(fills, legend.tolerance), np.ones((2, 2), bool)) \
-        if fills else np.zeros(img.shape[:2], bool)
+    # the reader's own fill evidence (legend.place_mask's seed)
+    fill = ndimage.binary_opening(legend.categories(colours, fills) == lg.SEED, np.ones((2, 2), bool))
     own, _ = legend.label_colours(classes)
     words = lg.text_pixels(colours, own) if own else np.zeros(img.shape[:2], bool)
     near_words = ndimage.binary_dilation(words, lg._disk(round(lg.MARK_REACH_M / pixel_m))) if words.any() else words
     truths = truth_geoms(os.path.join(data, "truth.geojson"), crs)
     places = [g.intersection(area) for c in classes for g in truths.get(c, [])]
-    places = [g for g in places if g.area > 0]
+    masks = [(g, rasterio.features.rasterize([g], img.shape[:2], transform=transform) > 0)
+             for g in places if g.area > 0]
+    masks = [(g, m) for g, m in masks if m.any()]
     # how far each pixel lies from any sign of the class: a reader that grows a place from what the
     # map shows can cover an unshown place only by growing into it from a shown one nearby
     sign = fill | near_words
     away = ndimage.distance_transform_edt(~sign) * pixel_m if sign.any() else np.full(img.shape[:2], np.inf)
     n_shown, shown, far, total = 0, 0.0, 0.0, 0.0
-    for g in places:
-        m = rasterio.features.rasterize([g], img.shape[:2], transform=transform, all_touched=False) > 0
-        if not m.any():
-            continue
+    for g, m in masks:
         a = g.area / metre ** 2
         ok = (fill & m).sum() * pixel_m ** 2 >= lg.FILL_SURE_M2 or bool((near_words & m).any())
         total += a
         n_shown += ok
         shown += a if ok else 0.0
-        far += a if not ok and away[m].min() > reach_m else 0.0
-    return {"places": len(places), "shown": n_shown, "area": total,
+        far += a if not ok and away[m].min() > lg.REACH_M else 0.0
+    return {"places": len(masks), "shown": n_shown, "area": total,
             "shown_share": shown / total if total else float("nan"),
             "far_share": far / total if total else float("nan")}
 

@@ -38,13 +38,12 @@ def tiny_models(selftest_run):
     """Tiny Qwen2.5-VL (fitted to answer on the sample tile), SAM 2, SAM and SAM 3, saved like real
     ones: the self-test's (backend.selftest.tiny.save_models with the sample tile's examples)."""
     from backend.selftest.run import sample_scene
+    from backend.selftest.tiny import model_specs
 
     m = selftest_run["models"]
     if not (m / "vlm" / "config.json").exists():
         pytest.fail(f"the self-test did not leave its models in {m}:\n{selftest_run['out']}")
-    return {"reasoner": f"qwen:{m / 'vlm'}", "sam2": f"sam2:{m / 'sam2'}",
-            "sam": f"sam:vit_tiny:{m / 'sam' / 'sam_vit_tiny.pth'}", "sam3": f"sam3:{m / 'sam3'}",
-            "scene": sample_scene()}
+    return {**model_specs(str(m)), "scene": sample_scene()}
 
 
 @pytest.fixture(scope="session")

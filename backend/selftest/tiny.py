@@ -272,8 +272,8 @@ def save_models(models_dir: str, vlm_examples=None, seed: int = 0) -> dict[str, 
     sam2_dir = os.path.join(models_dir, "sam2")
     sam2.save_pretrained(sam2_dir)
     sam2_proc.save_pretrained(sam2_dir)
-    sam_path = build_tiny_sam(os.path.join(models_dir, "sam", "sam_vit_tiny.pth"), seed)
-    sam3_dir = save_sam3(*build_tiny_sam3(seed), os.path.join(models_dir, "sam3"))
+    build_tiny_sam(os.path.join(models_dir, "sam", "sam_vit_tiny.pth"), seed)
+    save_sam3(*build_tiny_sam3(seed), os.path.join(models_dir, "sam3"))
     extra = [t for ex in (vlm_examples or []) for t in (ex[2], ex[3])]
     vlm, proc = build_tiny_vlm(seed, extra)
     if vlm_examples:
@@ -283,5 +283,12 @@ def save_models(models_dir: str, vlm_examples=None, seed: int = 0) -> dict[str, 
     vlm.save_pretrained(vlm_dir)
     proc.save_pretrained(vlm_dir)
     log.info("tiny models saved to %s in %.1f s", models_dir, time.perf_counter() - t)
-    return {"reasoner": f"qwen:{vlm_dir}", "sam2": f"sam2:{sam2_dir}", "sam": f"sam:vit_tiny:{sam_path}",
-            "sam3": f"sam3:{sam3_dir}"}
+    return model_specs(models_dir)
+
+
+def model_specs(models_dir: str) -> dict[str, str]:
+    """The engine specs of the models save_models keeps in `models_dir` (the self-test keeps them in
+    its --models-dir)."""
+    j = os.path.join
+    return {"reasoner": f"qwen:{j(models_dir, 'vlm')}", "sam2": f"sam2:{j(models_dir, 'sam2')}",
+            "sam": f"sam:vit_tiny:{j(models_dir, 'sam', 'sam_vit_tiny.pth')}", "sam3": f"sam3:{j(models_dir, 'sam3')}"}
